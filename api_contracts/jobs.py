@@ -1,0 +1,153 @@
+"""Job submission, the job view returned to pollers, and the job states."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+JobKind = Literal["chat", "response"]
+JobStatus = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"]
+Priority = Literal["high", "normal", "low"]
+
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+CHAT_ROLES = frozenset({"developer", "system", "user", "assistant", "tool", "function"})
+
+
+class InvalidFieldError(ValueError):
+    """A validation failure deep inside `request`, carrying the dotted path of the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+class JobSubmitRequest(BaseModel):
+    """What a caller sends to `POST /v1/jobs` (and what Python producers pass to `submit`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: JobKind
+    # The OpenAI-compatible body, passed upstream as given (unknown fields included).
+    request: dict[str, Any]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    priority: Priority = "normal"
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    callback_url: str | None = Field(default=None, max_length=2048)
+
+    @field_validator("request")
+    @classmethod
+    def _check_request_for_kind(
+        cls, value: dict[str, Any], info: ValidationInfo
+    ) -> dict[str, Any]:
+        kind = info.data.get("kind")
+        if kind == "chat":
+            check_chat_request(value)
+        elif kind == "response":
+            check_response_request(value)
+        return value
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+
+def _check_model(request: dict[str, Any]) -> None:
+    model = request.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise InvalidFieldError("request.model", "must be a non-empty string")
+    if request.get("stream") is True:
+        raise InvalidFieldError("request.stream", "streamed jobs are not supported yet; omit it")
+
+
+def check_chat_request(request: dict[str, Any]) -> None:
+    """Refuse chat bodies that upstream would certainly reject, naming the field."""
+    _check_model(request)
+    messages = request.get("messages")
+    if messages is None:
+        raise InvalidFieldError("request.messages", "is required for kind 'chat'")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidFieldError("request.messages", "must be a non-empty list")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidFieldError(f"request.messages[{index}]", "must be an object")
+        role = message.get("role")
+        if role not in CHAT_ROLES:
+            raise InvalidFieldError(
+                f"request.messages[{index}].role", f"must be one of {sorted(CHAT_ROLES)}"
+            )
+
+
+def check_response_request(request: dict[str, Any]) -> None:
+    """Refuse Responses bodies with no usable `input`, naming the field."""
+    _check_model(request)
+    given = request.get("input")
+    if given is None and request.get("previous_response_id") is None:
+        raise InvalidFieldError("request.input", "is required for kind 'response'")
+    if given is not None and not isinstance(given, str | list):
+        raise InvalidFieldError("request.input", "must be a string or a list of input items")
+
+
+class ToolCallView(BaseModel):
+    """One call the model asked for; `arguments` is an object when the model sent valid JSON."""
+
+    call_id: str
+    name: str
+    type: str = "function"
+    arguments: Any
+    arguments_raw: str | None = None
+
+
+class UsageView(BaseModel):
+    """Token usage under the same names for both APIs."""
+
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    model: str | None = None
+
+
+class ErrorInfo(BaseModel):
+    """Why a job failed: the upstream's error type and message, and its HTTP status if any."""
+
+    type: str
+    message: str
+    status_code: int | None = None
+
+
+class JobView(BaseModel):
+    """What pollers see for one job."""
+
+    id: UUID
+    kind: JobKind
+    status: JobStatus
+    model: str
+    priority: Priority
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempt_count: int
+    output_text: str | None
+    tool_calls: list[ToolCallView]
+    usage: UsageView | None
+    result: dict[str, Any] | None
+    error: ErrorInfo | None
+    metadata: dict[str, Any]
+    idempotency_key: str | None = None
+    callback_url: str | None = None
+    cancel_requested: bool = False
+
+
+class JobListView(BaseModel):
+    """A page of jobs, newest first, with the cursor of the next page."""
+
+    data: list[JobView]
+    next_cursor: str | None

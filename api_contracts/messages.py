@@ -1,0 +1,31 @@
+"""The message a producer puts on Redis: enough to create the job if no row exists yet."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api_contracts.jobs import JobKind, Priority
+
+# The Celery task that consumes these messages; producers without Python send it by name.
+RUN_JOB_TASK = "gmiq.run_job"
+
+
+class JobMessage(BaseModel):
+    """Version 1 of the job message; new fields must be optional so old producers keep working."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    v: Literal[1] = 1
+    job_id: UUID
+    kind: JobKind
+    request: dict[str, Any]
+    model: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    priority: Priority = "normal"
+    idempotency_key: str | None = None
+    callback_url: str | None = None
+    submitted_at: datetime | None = None

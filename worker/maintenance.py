@@ -1,0 +1,93 @@
+"""Background duties of every worker process: renew leases, reap dead workers' jobs, publish
+due jobs. Each is a pass (one transaction) plus a loop that runs it until told to stop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from api_contracts.messages import JobMessage
+from worker import repository
+from worker.db import unit_of_work
+from worker.jobs import InFlight
+from worker.models import Job
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+
+
+def message_for(job: Job) -> JobMessage:
+    """The message that (re)publishes a job row."""
+    return JobMessage(
+        job_id=job.id,
+        kind=job.kind,  # type: ignore[arg-type]
+        request=job.request,
+        model=job.model,
+        metadata=job.meta or {},
+        priority=job.priority,  # type: ignore[arg-type]
+        idempotency_key=job.idempotency_key,
+        callback_url=job.callback_url,
+        submitted_at=job.created_at,
+    )
+
+
+@dataclass
+class Maintenance:
+    """The passes, with what they need."""
+
+    sessions: sessionmaker[Session]
+    publish: Callable[[JobMessage], None]
+    in_flight: InFlight
+    worker_id: str
+    lease_s: float
+    max_lost_attempts: int
+    redispatch_after_s: float
+
+    def renew_leases(self) -> int:
+        """Tell Postgres this worker still runs its jobs."""
+        with unit_of_work(self.sessions) as session:
+            return repository.renew_leases(
+                session, self.in_flight.snapshot(), self.worker_id, self.lease_s
+            )
+
+    def reap(self) -> int:
+        """Requeue (or fail) jobs whose worker stopped renewing their lease."""
+        with unit_of_work(self.sessions) as session:
+            return len(repository.reap_expired_leases(session, self.max_lost_attempts, BATCH))
+
+    def dispatch(self) -> int:
+        """Publish jobs that are due: retries whose wait is over, reaped jobs, lost publishes.
+
+        If publishing fails the transaction rolls back, so the jobs stay due.
+        """
+        with unit_of_work(self.sessions) as session:
+            due = repository.take_due_jobs(session, self.redispatch_after_s, BATCH)
+            for job in due:
+                self.publish(message_for(job))
+            return len(due)
+
+
+def run_every(
+    interval_s: float, duty: Callable[[], object], stop: threading.Event, name: str
+) -> threading.Thread:
+    """Run `duty` every `interval_s` in a daemon thread until `stop` is set; errors are logged
+    and the loop goes on, since a database or Redis outage must not kill the worker."""
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            try:
+                duty()
+            except (SQLAlchemyError, OSError, ConnectionError) as exc:
+                log.warning("%s pass failed: %s", name, type(exc).__name__)
+            except Exception:
+                log.exception("%s pass failed", name)
+
+    thread = threading.Thread(target=loop, name=f"gmiq-{name}", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,185 @@
+"""Submit, read, wait for and cancel jobs: used by the HTTP API and by Python producers directly.
+
+A submission is durable once its row is committed: if Redis cannot take the message right then,
+the workers' dispatcher publishes it from Postgres, so an accepted job always runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from api_contracts.jobs import TERMINAL_STATUSES, JobListView, JobSubmitRequest, JobView
+from api_contracts.messages import JobMessage
+from worker import repository
+from worker.db import unit_of_work
+from worker.models import Job
+from worker.views import job_view
+
+log = logging.getLogger(__name__)
+
+Publisher = Callable[[JobMessage], None]
+
+
+class IdempotencyConflictError(Exception):
+    """The idempotency key was first used with a different submission."""
+
+
+class JobNotFoundError(Exception):
+    """No job has that id."""
+
+
+class InvalidCursorError(ValueError):
+    """A list cursor we did not issue."""
+
+
+class JobNotCancellableError(Exception):
+    """The job already ended."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(f"job already {status}")
+        self.status = status
+
+
+def message_for_submission(
+    submission: JobSubmitRequest, job_id: uuid.UUID, default_model: str
+) -> JobMessage:
+    """The message for a new job; the model is fixed at submission so retries use the same one."""
+    return JobMessage(
+        job_id=job_id,
+        kind=submission.kind,
+        request=submission.request,
+        model=submission.request.get("model") or default_model,
+        metadata=submission.metadata,
+        priority=submission.priority,
+        idempotency_key=submission.idempotency_key,
+        callback_url=submission.callback_url,
+        submitted_at=datetime.now(UTC),
+    )
+
+
+def encode_cursor(job: Job) -> str:
+    """An opaque cursor naming the last job of a page."""
+    raw = f"{job.created_at.isoformat()}|{job.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The (created_at, id) a cursor names."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, job_id = raw.split("|", 1)
+        return datetime.fromisoformat(created_at), uuid.UUID(job_id)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidCursorError("cursor is not one this API issued") from exc
+
+
+def _same_submission(job: Job, message: JobMessage) -> bool:
+    return (
+        job.kind == message.kind
+        and job.request == message.request
+        and job.model == message.model
+        and (job.meta or {}) == message.metadata
+        and job.priority == message.priority
+        and job.callback_url == message.callback_url
+    )
+
+
+@dataclass
+class JobProducer:
+    """The producer API; `publish` puts a message on Redis (see `worker.queues.publish_job`)."""
+
+    sessions: sessionmaker[Session]
+    publish: Publisher
+    default_model: str
+    redispatch_after_s: float = 600.0
+
+    def submit(self, submission: JobSubmitRequest) -> tuple[JobView, bool]:
+        """Record and enqueue a job; returns its view and whether it is new (False when an
+        idempotency key named an earlier job)."""
+        message = message_for_submission(submission, uuid.uuid4(), self.default_model)
+        with unit_of_work(self.sessions) as session:
+            inserted = repository.insert_job(
+                session, repository.NewJob.from_message(message), self.redispatch_after_s
+            )
+            if not inserted:
+                return self._existing(session, message), False
+        self._publish_or_defer(message)
+        return self.get(message.job_id), True
+
+    def _existing(self, session: Session, message: JobMessage) -> JobView:
+        assert message.idempotency_key is not None
+        job = repository.find_job_by_idempotency_key(session, message.idempotency_key)
+        if job is None:  # pragma: no cover - the insert conflicted on something that vanished
+            raise IdempotencyConflictError("idempotency key raced with a deletion")
+        if not _same_submission(job, message):
+            raise IdempotencyConflictError(
+                "idempotency_key was already used with a different submission"
+            )
+        return self._view(session, job)
+
+    def _publish_or_defer(self, message: JobMessage) -> None:
+        try:
+            self.publish(message)
+        except Exception as exc:  # kombu raises many kinds; all mean "not on Redis"
+            log.warning("publish of job %s deferred: %s", message.job_id, type(exc).__name__)
+            with unit_of_work(self.sessions) as session:
+                repository.mark_due_now(session, message.job_id)
+
+    def enqueue_only(self, submission: JobSubmitRequest) -> uuid.UUID:
+        """Publish without writing a row, as a producer that only has Redis does; the worker
+        creates the row when it takes the message."""
+        message = message_for_submission(submission, uuid.uuid4(), self.default_model)
+        self.publish(message)
+        return message.job_id
+
+    def get(self, job_id: uuid.UUID) -> JobView:
+        """The job's current view."""
+        with self.sessions() as session:
+            job = repository.get_job(session, job_id)
+            if job is None:
+                raise JobNotFoundError(str(job_id))
+            return self._view(session, job)
+
+    def _view(self, session: Session, job: Job) -> JobView:
+        calls, usages = repository.load_children(session, [job.id])
+        return job_view(job, calls[job.id], usages.get(job.id))
+
+    def list(self, status: str | None, limit: int, cursor: str | None) -> JobListView:
+        """A page of jobs, newest first."""
+        before = decode_cursor(cursor) if cursor else None
+        with self.sessions() as session:
+            jobs = repository.list_jobs(session, status, limit + 1, before)
+            page = list(jobs[:limit])
+            calls, usages = repository.load_children(session, [job.id for job in page])
+            views = [job_view(job, calls[job.id], usages.get(job.id)) for job in page]
+        next_cursor = encode_cursor(page[-1]) if len(jobs) > limit and page else None
+        return JobListView(data=views, next_cursor=next_cursor)
+
+    def cancel(self, job_id: uuid.UUID) -> JobView:
+        """Cancel a job that has not started (it never runs); a running one is flagged and
+        will not be retried."""
+        with unit_of_work(self.sessions) as session:
+            job = repository.get_job(session, job_id)
+            if job is None:
+                raise JobNotFoundError(str(job_id))
+            if job.status in TERMINAL_STATUSES:
+                raise JobNotCancellableError(job.status)
+            repository.cancel_job(session, job_id)
+        return self.get(job_id)
+
+    def wait(self, job_id: uuid.UUID, timeout_s: float, poll_s: float = 0.2) -> JobView:
+        """Poll until the job ends or the timeout passes; returns the last view either way."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            view = self.get(job_id)
+            if view.status in TERMINAL_STATUSES or time.monotonic() >= deadline:
+                return view
+            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))

@@ -1,0 +1,45 @@
+"""Queue names, publishing a job message, and queue depth read straight from Redis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from celery import Celery
+
+from api_contracts.messages import RUN_JOB_TASK, JobMessage
+
+QUEUE_BY_PRIORITY: dict[str, str] = {"high": "gmiq.high", "normal": "gmiq.normal", "low": "gmiq.low"}
+# Consumed in this order: a worker takes high before normal before low.
+JOB_QUEUES: tuple[str, ...] = ("gmiq.high", "gmiq.normal", "gmiq.low")
+# kombu keeps one list per message priority step; we publish without priority, but count all.
+_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+
+
+def publish_job(app: Celery, message: JobMessage) -> None:
+    """Put a job message on its priority's queue; raises if Redis cannot take it."""
+    app.send_task(
+        RUN_JOB_TASK,
+        args=[message.model_dump(mode="json")],
+        queue=QUEUE_BY_PRIORITY[message.priority],
+        retry=True,
+        retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
+    )
+
+
+def redis_client_url(url: str) -> str:
+    """Celery's `redis+socket://` form is `unix://` to redis-py."""
+    if url.startswith("redis+socket://"):
+        return "unix://" + url[len("redis+socket://") :]
+    return url
+
+
+def queue_depths(client: redis.Redis[Any], key_prefix: str) -> dict[str, int]:
+    """Messages waiting in each job queue, and those taken by workers but not yet acknowledged."""
+    depths: dict[str, int] = {}
+    for queue in JOB_QUEUES:
+        depths[queue] = sum(
+            int(client.llen(f"{key_prefix}{queue}{suffix}")) for suffix in _PRIORITY_SUFFIXES
+        )
+    depths["unacked"] = int(client.hlen(f"{key_prefix}unacked"))
+    return depths

@@ -1,0 +1,124 @@
+"""Wires one worker process: engine, upstream client, job runner and background duties."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from celery import Celery
+
+from worker.db import make_engine, make_sessionmaker
+from worker.jobs import InFlight, JobRunner, RetryConfig
+from worker.llm_client import LLMClient
+from worker.maintenance import Maintenance, run_every
+from worker.queues import publish_job, redis_client_url
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerRuntime:
+    """Everything a worker process shares between its task threads."""
+
+    runner: JobRunner
+    maintenance: Maintenance
+    settings: Settings
+    redis_client: redis.Redis[Any]
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def announce(self) -> None:
+        """Mark this worker alive in Redis for operators (expires if the worker dies)."""
+        key = worker_key(self.settings.redis_prefix, self.runner.worker_id)
+        self.redis_client.set(key, str(len(self.runner.in_flight.snapshot())), ex=int(
+            max(self.settings.heartbeat_s * 3, 5)
+        ))
+
+    def heartbeat(self) -> None:
+        """Renew leases, then announce; a Redis outage must not stop the lease renewal."""
+        self.maintenance.renew_leases()
+        self.announce()
+
+    def start_background(self) -> None:
+        """Start the heartbeat, reaper and dispatcher loops."""
+        s = self.settings
+        run_every(s.heartbeat_s, self.heartbeat, self.stop, "heartbeat")
+        run_every(s.dispatch_interval_s, self.maintenance.reap, self.stop, "reaper")
+        run_every(s.dispatch_interval_s, self.maintenance.dispatch, self.stop, "dispatcher")
+
+    def shutdown(self) -> None:
+        """Stop the loops and close the upstream client."""
+        self.stop.set()
+        self.runner.client.close()
+        self.redis_client.delete(worker_key(self.settings.redis_prefix, self.runner.worker_id))
+
+
+def build_runtime(settings: Settings, app: Celery) -> WorkerRuntime:
+    """Build the runtime from settings; the API key goes to the client and nowhere else."""
+    worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    # Threads hold a connection only while they read or write, never across an upstream call,
+    # so a pool far smaller than the concurrency suffices.
+    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    sessions = make_sessionmaker(engine)
+    key = settings.gmi_api_key.get_secret_value() if settings.gmi_api_key else None
+    client = LLMClient(
+        settings.gmi_base_url,
+        key,
+        settings.connect_timeout_s,
+        settings.read_timeout_s,
+        settings.max_connections,
+    )
+    in_flight = InFlight()
+    runner = JobRunner(
+        sessions=sessions,
+        client=client,
+        retry=RetryConfig(settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s),
+        worker_id=worker_id,
+        lease_s=settings.lease_s,
+        redispatch_after_s=settings.redispatch_after_s,
+        in_flight=in_flight,
+    )
+    maintenance = Maintenance(
+        sessions=sessions,
+        publish=lambda message: publish_job(app, message),
+        in_flight=in_flight,
+        worker_id=worker_id,
+        lease_s=settings.lease_s,
+        max_lost_attempts=settings.max_lost_attempts,
+        redispatch_after_s=settings.redispatch_after_s,
+    )
+    return WorkerRuntime(
+        runner=runner,
+        maintenance=maintenance,
+        settings=settings,
+        redis_client=redis.Redis.from_url(
+            redis_client_url(settings.redis_url), socket_timeout=5, socket_connect_timeout=5
+        ),
+    )
+
+
+_current: WorkerRuntime | None = None
+
+
+def install_runtime(runtime: WorkerRuntime) -> None:
+    """Make the runtime the one this process's tasks use."""
+    global _current
+    _current = runtime
+
+
+def current_runtime() -> WorkerRuntime:
+    """The installed runtime; tasks fail loudly if the worker was started without one."""
+    if _current is None:
+        raise RuntimeError("no worker runtime installed; start workers with `gmiq worker`")
+    return _current
+
+
+def worker_key(prefix: str, worker_id: str) -> str:
+    """The Redis key a live worker keeps fresh; `gmiq queues` and tests list these."""
+    return f"{prefix}:worker:{worker_id}"

@@ -1,0 +1,53 @@
+"""Turn rows into the contract's job view (pure mapping)."""
+
+from __future__ import annotations
+
+from api_contracts.jobs import ErrorInfo, JobView, ToolCallView, UsageView
+from worker.models import Job, ToolCall, Usage
+
+
+def tool_call_view(call: ToolCall) -> ToolCallView:
+    """A stored tool call as callers see it; raw text stands in for arguments that were not JSON."""
+    return ToolCallView(
+        call_id=call.call_id,
+        name=call.name,
+        type=call.type,
+        arguments=call.arguments if call.arguments_raw is None else call.arguments_raw,
+        arguments_raw=call.arguments_raw,
+    )
+
+
+def usage_view(usage: Usage) -> UsageView:
+    """Stored usage under the contract's names."""
+    return UsageView(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        total_tokens=usage.total_tokens,
+        cached_tokens=usage.cached_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        model=usage.model,
+    )
+
+
+def job_view(job: Job, tool_calls: list[ToolCall], usage: Usage | None) -> JobView:
+    """The full view of one job."""
+    return JobView(
+        id=job.id,
+        kind=job.kind,  # type: ignore[arg-type]
+        status=job.status,  # type: ignore[arg-type]
+        model=job.model,
+        priority=job.priority,  # type: ignore[arg-type]
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        attempt_count=job.attempt_count,
+        output_text=job.output_text,
+        tool_calls=[tool_call_view(call) for call in tool_calls],
+        usage=usage_view(usage) if usage is not None else None,
+        result=job.result,
+        error=ErrorInfo.model_validate(job.error) if job.error else None,
+        metadata=job.meta or {},
+        idempotency_key=job.idempotency_key,
+        callback_url=job.callback_url,
+        cancel_requested=job.cancel_requested,
+    )
