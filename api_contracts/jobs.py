@@ -40,9 +40,7 @@ class JobSubmitRequest(BaseModel):
 
     @field_validator("request")
     @classmethod
-    def _check_request_for_kind(
-        cls, value: dict[str, Any], info: ValidationInfo
-    ) -> dict[str, Any]:
+    def _check_request_for_kind(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         kind = info.data.get("kind")
         if kind == "chat":
             check_chat_request(value)

@@ -31,7 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 SIM_KEY = "sim-test-key-" + secrets.token_hex(8)
 
 
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.05) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.05
+) -> Any:
     """Poll until the predicate returns something truthy, or fail after the deadline."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -134,7 +136,7 @@ class WorkerProcess:
             stdin=subprocess.DEVNULL,
         )
 
-    def wait_ready(self, client: redis.Redis[Any], timeout_s: float = 30) -> None:
+    def wait_ready(self, client: redis.Redis, timeout_s: float = 30) -> None:
         def ready() -> bool:
             if self.process.poll() is not None:
                 raise AssertionError(f"worker exited:\n{self.log_path.read_text()[-3000:]}")
@@ -158,15 +160,15 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def redis_client(services: TestServices) -> Iterator[redis.Redis[Any]]:
-    client: redis.Redis[Any] = redis.Redis.from_url(redis_client_url(services.redis_url))
+def redis_client(services: TestServices) -> Iterator[redis.Redis]:
+    client: redis.Redis = redis.Redis.from_url(redis_client_url(services.redis_url))
     yield client
     client.close()
 
 
 @pytest.fixture
 def start_worker(
-    tmp_path: Path, redis_client: redis.Redis[Any]
+    tmp_path: Path, redis_client: redis.Redis
 ) -> Iterator[Callable[..., WorkerProcess]]:
     """Start real worker processes; each is stopped (or reaped if killed) after the test."""
     started: list[WorkerProcess] = []
@@ -224,5 +226,7 @@ def count_rows(engine: Engine, table: str, where: str = "TRUE", **params: Any) -
     """How many rows of `table` match."""
     with engine.connect() as connection:
         return int(
-            connection.execute(text(f"SELECT count(*) FROM {table} WHERE {where}"), params).scalar_one()
+            connection.execute(
+                text(f"SELECT count(*) FROM {table} WHERE {where}"), params
+            ).scalar_one()
         )

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import redis
@@ -45,9 +44,7 @@ def _postgres_answers(url: str) -> bool:
 
 def _redis_answers(url: str) -> bool:
     try:
-        client: redis.Redis[Any] = redis.Redis.from_url(
-            redis_client_url(url), socket_connect_timeout=2
-        )
+        client: redis.Redis = redis.Redis.from_url(redis_client_url(url), socket_connect_timeout=2)
         return bool(client.ping())
     except (redis.RedisError, OSError):
         return False
@@ -99,7 +96,7 @@ def test_services(tmp: Path) -> Iterator[TestServices]:
 
 def delete_prefixed_keys(redis_url: str, prefix: str) -> None:
     """Remove every key a test run created."""
-    client: redis.Redis[Any] = redis.Redis.from_url(redis_client_url(redis_url))
+    client: redis.Redis = redis.Redis.from_url(redis_client_url(redis_url))
     keys = list(client.scan_iter(f"{prefix}*", count=1000))
     if keys:
         client.delete(*keys)

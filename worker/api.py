@@ -210,5 +210,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidCursorError)
     async def _cursor(_: Request, exc: InvalidCursorError) -> JSONResponse:
         return error_response(
-            422, "invalid_request", f"cursor: {exc}", [FieldErrorView(field="cursor", message=str(exc))]
+            422,
+            "invalid_request",
+            f"cursor: {exc}",
+            [FieldErrorView(field="cursor", message=str(exc))],
         )

@@ -112,7 +112,9 @@ def cmd_simulator(args: argparse.Namespace, settings: Settings) -> int:
     key = settings.simulator_api_key
     config = SimulatorConfig(
         api_key=key.get_secret_value() if key else None,
-        latency_ms=args.latency_ms if args.latency_ms is not None else settings.simulator_latency_ms,
+        latency_ms=args.latency_ms
+        if args.latency_ms is not None
+        else settings.simulator_latency_ms,
         fault_rate=args.fault_rate,
     )
     run_simulator(args.host, args.port or settings.simulator_port, config)
@@ -171,7 +173,7 @@ def cmd_queues(_: argparse.Namespace, settings: Settings) -> int:
     from worker.queues import queue_depths, redis_client_url
 
     _require_services(settings)
-    client: redis.Redis[Any] = redis.Redis.from_url(redis_client_url(settings.redis_url))
+    client: redis.Redis = redis.Redis.from_url(redis_client_url(settings.redis_url))
     for queue, depth in queue_depths(client, broker_key_prefix(settings)).items():
         print(f"{queue:<14} {depth}")
     workers = list(client.scan_iter(f"{settings.redis_prefix}:worker:*"))
@@ -221,9 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     sub.add_parser("queues", help="show queue depths").set_defaults(func=cmd_queues)
-    sub.add_parser("standalone", help="run everything locally").set_defaults(
-        func=cmd_standalone
-    )
+    sub.add_parser("standalone", help="run everything locally").set_defaults(func=cmd_standalone)
     return parser
 
 

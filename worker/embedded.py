@@ -67,7 +67,7 @@ def start_redis(data_dir: Path, persist: bool = True, timeout_s: float = 10.0) -
     process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
     server = EmbeddedRedis(process, socket_path, socket_dir)
     deadline = time.monotonic() + timeout_s
-    client: redis.Redis[Any] = redis.Redis(unix_socket_path=str(socket_path))
+    client: redis.Redis = redis.Redis(unix_socket_path=str(socket_path))
     while True:
         try:
             client.ping()
@@ -76,7 +76,9 @@ def start_redis(data_dir: Path, persist: bool = True, timeout_s: float = 10.0) -
         except (redis.ConnectionError, FileNotFoundError):
             if process.poll() is not None or time.monotonic() > deadline:
                 server.stop()
-                raise RuntimeError(f"embedded redis did not start; see {data_dir}/redis.log")
+                raise RuntimeError(
+                    f"embedded redis did not start; see {data_dir}/redis.log"
+                ) from None
             time.sleep(0.02)
 
 
@@ -98,4 +100,8 @@ class EmbeddedPostgres:
 def start_postgres(data_dir: Path) -> EmbeddedPostgres:
     """Start (initialising on first use) a Postgres cluster in `data_dir`."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    return EmbeddedPostgres(pgserver.get_server(data_dir.resolve(), cleanup_mode="stop"))
+    return EmbeddedPostgres(
+        pgserver.get_server(  # type: ignore[attr-defined]
+            data_dir.resolve(), cleanup_mode="stop"
+        )
+    )

@@ -17,8 +17,12 @@ from api_contracts.messages import JobMessage
 from worker import repository
 from worker.db import unit_of_work
 from worker.llm_client import LLMClient, UpstreamReply, UpstreamTransportError
-from worker.payloads import MalformedResponseError, build_upstream_request, parse_error_body
-from worker.payloads import parse_success
+from worker.payloads import (
+    MalformedResponseError,
+    build_upstream_request,
+    parse_error_body,
+    parse_success,
+)
 from worker.retry_policy import classify_status, decide_after_failure, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -96,9 +100,10 @@ class JobRunner:
     def _record(
         self, claim: repository.ClaimedJob, reply: UpstreamReply | UpstreamTransportError
     ) -> str:
-        if isinstance(reply, UpstreamReply) and classify_status(
-            reply.status_code, reply.headers
-        ) == "succeeded":
+        if (
+            isinstance(reply, UpstreamReply)
+            and classify_status(reply.status_code, reply.headers) == "succeeded"
+        ):
             try:
                 result, parsed = parse_success(claim.kind, reply.content)  # type: ignore[arg-type]
             except MalformedResponseError as exc:

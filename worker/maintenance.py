@@ -26,11 +26,11 @@ def message_for(job: Job) -> JobMessage:
     """The message that (re)publishes a job row."""
     return JobMessage(
         job_id=job.id,
-        kind=job.kind,  # type: ignore[arg-type]
+        kind=job.kind,
         request=job.request,
         model=job.model,
         metadata=job.meta or {},
-        priority=job.priority,  # type: ignore[arg-type]
+        priority=job.priority,
         idempotency_key=job.idempotency_key,
         callback_url=job.callback_url,
         submitted_at=job.created_at,

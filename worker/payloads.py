@@ -49,7 +49,7 @@ class MalformedResponseError(ValueError):
 
 
 def build_upstream_request(kind: JobKind, request: dict[str, Any], model: str) -> tuple[str, bytes]:
-    """The path (relative to the base URL) and JSON body to send; the caller's fields pass as given."""
+    """The path (relative to the base URL) and the body; the caller's fields pass as given."""
     body = dict(request)
     body["model"] = body.get("model") or model
     return UPSTREAM_PATHS[kind], orjson.dumps(body)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import redis
 from celery import Celery
 
 from api_contracts.messages import RUN_JOB_TASK, JobMessage
 
-QUEUE_BY_PRIORITY: dict[str, str] = {"high": "gmiq.high", "normal": "gmiq.normal", "low": "gmiq.low"}
+QUEUE_BY_PRIORITY: dict[str, str] = {
+    "high": "gmiq.high",
+    "normal": "gmiq.normal",
+    "low": "gmiq.low",
+}
 # Consumed in this order: a worker takes high before normal before low.
 JOB_QUEUES: tuple[str, ...] = ("gmiq.high", "gmiq.normal", "gmiq.low")
 # kombu keeps one list per message priority step; we publish without priority, but count all.
@@ -34,7 +36,7 @@ def redis_client_url(url: str) -> str:
     return url
 
 
-def queue_depths(client: redis.Redis[Any], key_prefix: str) -> dict[str, int]:
+def queue_depths(client: redis.Redis, key_prefix: str) -> dict[str, int]:
     """Messages waiting in each job queue, and those taken by workers but not yet acknowledged."""
     depths: dict[str, int] = {}
     for queue in JOB_QUEUES:

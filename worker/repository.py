@@ -37,7 +37,6 @@ class NewJob:
     idempotency_key: str | None
     callback_url: str | None
 
-
     @classmethod
     def from_message(cls, message: JobMessage) -> NewJob:
         """The row a job message stands for."""

@@ -62,7 +62,7 @@ def parse_retry_after(headers: Mapping[str, str], now: datetime) -> float | None
 
 def compute_backoff(attempt: int, base_s: float, cap_s: float, rand: float) -> float:
     """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^(attempt-1))]."""
-    ceiling = min(cap_s, base_s * (2 ** max(0, attempt - 1)))
+    ceiling: float = min(cap_s, base_s * 2.0 ** max(0, attempt - 1))
     return ceiling * rand
 
 

@@ -8,7 +8,6 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis
 from celery import Celery
@@ -30,15 +29,17 @@ class WorkerRuntime:
     runner: JobRunner
     maintenance: Maintenance
     settings: Settings
-    redis_client: redis.Redis[Any]
+    redis_client: redis.Redis
     stop: threading.Event = field(default_factory=threading.Event)
 
     def announce(self) -> None:
         """Mark this worker alive in Redis for operators (expires if the worker dies)."""
         key = worker_key(self.settings.redis_prefix, self.runner.worker_id)
-        self.redis_client.set(key, str(len(self.runner.in_flight.snapshot())), ex=int(
-            max(self.settings.heartbeat_s * 3, 5)
-        ))
+        self.redis_client.set(
+            key,
+            str(len(self.runner.in_flight.snapshot())),
+            ex=int(max(self.settings.heartbeat_s * 3, 5)),
+        )
 
     def heartbeat(self) -> None:
         """Renew leases, then announce; a Redis outage must not stop the lease renewal."""

@@ -35,7 +35,7 @@ def build_producer(settings: Settings) -> tuple[JobProducer, sessionmaker[Sessio
 def build_api(settings: Settings) -> FastAPI:
     """The HTTP API wired to real services."""
     producer, sessions, _ = build_producer(settings)
-    client: redis.Redis[Any] = redis.Redis.from_url(
+    client: redis.Redis = redis.Redis.from_url(
         redis_client_url(settings.redis_url), socket_timeout=2, socket_connect_timeout=2
     )
     prefix = broker_key_prefix(settings)

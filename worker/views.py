@@ -33,10 +33,10 @@ def job_view(job: Job, tool_calls: list[ToolCall], usage: Usage | None) -> JobVi
     """The full view of one job."""
     return JobView(
         id=job.id,
-        kind=job.kind,  # type: ignore[arg-type]
-        status=job.status,  # type: ignore[arg-type]
+        kind=job.kind,
+        status=job.status,
         model=job.model,
-        priority=job.priority,  # type: ignore[arg-type]
+        priority=job.priority,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,

@@ -91,7 +91,8 @@ def test_chat_job_with_tools_is_processed_and_stored(
         }
         for call in message["tool_calls"]
     ]
-    assert expected_calls and expected_calls[0]["name"] == "get_weather"
+    assert expected_calls
+    assert expected_calls[0]["name"] == "get_weather"
     assert [
         {k: c[k] for k in ("call_id", "name", "arguments")} for c in view["tool_calls"]
     ] == expected_calls
@@ -126,7 +127,11 @@ def test_response_job_with_function_tools_is_processed_and_stored(
     settings = deployment()
     start_worker(settings)
     api = start_api(settings)
-    tool = {"type": "function", "name": "lookup_order", "parameters": WEATHER_TOOL["function"]["parameters"]}  # type: ignore[index]
+    tool = {
+        "type": "function",
+        "name": "lookup_order",
+        "parameters": WEATHER_TOOL["function"]["parameters"],
+    }  # type: ignore[index]
     request = {"input": "Where is order 12?", "instructions": "Be brief.", "tools": [tool]}
     submitted = api.client.post("/v1/jobs", json={"kind": "response", "request": request}).json()
 
@@ -172,7 +177,8 @@ def test_response_job_output_text_joins_message_parts(
         if part["type"] == "output_text"
     ]
     assert view["status"] == "succeeded"
-    assert view["output_text"] == "".join(texts) and view["output_text"]
+    assert view["output_text"]
+    assert view["output_text"] == "".join(texts)
     assert view["tool_calls"] == []
 
 

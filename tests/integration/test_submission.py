@@ -3,7 +3,7 @@ idempotency and health."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,12 +21,12 @@ CHAT = {"messages": [{"role": "user", "content": "hello"}]}
 @pytest.fixture
 def api_only(
     deployment: Callable[..., Settings], start_api: Callable[[Settings], ApiServer]
-) -> Iterator[tuple[ApiServer, Settings]]:
+) -> tuple[ApiServer, Settings]:
     settings = deployment(max_body_bytes=20_000)
-    yield start_api(settings), settings
+    return start_api(settings), settings
 
 
-def queued_messages(client: redis.Redis[Any], settings: Settings) -> int:
+def queued_messages(client: redis.Redis, settings: Settings) -> int:
     depths = queue_depths(client, broker_key_prefix(settings))
     return sum(v for k, v in depths.items() if k != "unacked")
 
@@ -39,7 +39,10 @@ def queued_messages(client: redis.Redis[Any], settings: Settings) -> int:
         ({"kind": "chat", "request": {"messages": "hi"}}, "request.messages"),
         ({"kind": "chat", "request": {"messages": [{"role": "bot"}]}}, "request.messages[0].role"),
         ({"kind": "chat", "request": {"messages": ["hi"]}}, "request.messages[0]"),
-        ({"kind": "chat", "request": {"messages": [{"role": "user"}], "model": 3}}, "request.model"),
+        (
+            {"kind": "chat", "request": {"messages": [{"role": "user"}], "model": 3}},
+            "request.model",
+        ),
         ({"kind": "embedding", "request": CHAT}, "kind"),
         ({"request": CHAT}, "kind"),
         ({"kind": "chat"}, "request"),
@@ -55,7 +58,7 @@ def queued_messages(client: redis.Redis[Any], settings: Settings) -> int:
 def test_bad_submission_is_refused_naming_the_field_and_leaves_nothing(
     api_only: tuple[ApiServer, Settings],
     engine: Engine,
-    redis_client: redis.Redis[Any],
+    redis_client: redis.Redis,
     body: dict[str, Any],
     field: str,
 ) -> None:
@@ -70,9 +73,7 @@ def test_bad_submission_is_refused_naming_the_field_and_leaves_nothing(
     assert queued_messages(redis_client, settings) == 0
 
 
-def test_malformed_json_is_refused(
-    api_only: tuple[ApiServer, Settings], engine: Engine
-) -> None:
+def test_malformed_json_is_refused(api_only: tuple[ApiServer, Settings], engine: Engine) -> None:
     api, _ = api_only
     before = count_rows(engine, "job")
     answer = api.client.post(
@@ -87,12 +88,16 @@ def test_malformed_json_is_refused(
 def test_oversized_body_gets_413_and_leaves_nothing(
     api_only: tuple[ApiServer, Settings],
     engine: Engine,
-    redis_client: redis.Redis[Any],
+    redis_client: redis.Redis,
     chunked: bool,
 ) -> None:
     api, settings = api_only
     before = count_rows(engine, "job")
-    huge = b'{"kind":"chat","request":{"messages":[{"role":"user","content":"' + b"x" * 50_000 + b'"}]}}'
+    huge = (
+        b'{"kind":"chat","request":{"messages":[{"role":"user","content":"'
+        + b"x" * 50_000
+        + b'"}]}}'
+    )
     content: Any = iter([huge[:10_000], huge[10_000:]]) if chunked else huge
     answer = api.client.post(
         "/v1/jobs", content=content, headers={"content-type": "application/json"}
@@ -104,7 +109,7 @@ def test_oversized_body_gets_413_and_leaves_nothing(
 
 
 def test_valid_submission_writes_one_row_and_one_message(
-    api_only: tuple[ApiServer, Settings], engine: Engine, redis_client: redis.Redis[Any]
+    api_only: tuple[ApiServer, Settings], engine: Engine, redis_client: redis.Redis
 ) -> None:
     api, settings = api_only
     answer = api.client.post("/v1/jobs", json={"kind": "chat", "request": CHAT, "priority": "high"})
@@ -118,14 +123,16 @@ def test_valid_submission_writes_one_row_and_one_message(
 
 
 def test_idempotency_key_returns_the_first_job_and_conflicts_on_a_different_body(
-    api_only: tuple[ApiServer, Settings], engine: Engine, redis_client: redis.Redis[Any]
+    api_only: tuple[ApiServer, Settings], engine: Engine, redis_client: redis.Redis
 ) -> None:
     api, settings = api_only
     key = f"key-{settings.redis_prefix}"
     first = api.client.post(
         "/v1/jobs", json={"kind": "chat", "request": CHAT}, headers={"Idempotency-Key": key}
     )
-    again = api.client.post("/v1/jobs", json={"kind": "chat", "request": CHAT, "idempotency_key": key})
+    again = api.client.post(
+        "/v1/jobs", json={"kind": "chat", "request": CHAT, "idempotency_key": key}
+    )
     assert first.status_code == again.status_code == 202
     assert again.json()["id"] == first.json()["id"]
     assert again.headers["idempotent-replayed"] == "true"
@@ -142,7 +149,9 @@ def test_listing_pages_newest_first_and_filters_by_status(
     api, _ = api_only
     meta = {"batch": api.url}
     ids = [
-        api.client.post("/v1/jobs", json={"kind": "chat", "request": CHAT, "metadata": meta}).json()["id"]
+        api.client.post(
+            "/v1/jobs", json={"kind": "chat", "request": CHAT, "metadata": meta}
+        ).json()["id"]
         for _ in range(5)
     ]
     api.client.post(f"/v1/jobs/{ids[0]}/cancel")
@@ -160,7 +169,8 @@ def test_listing_pages_newest_first_and_filters_by_status(
             break
     assert seen == list(reversed(ids[1:]))
     bad = api.client.get("/v1/jobs", params={"status": "done"})
-    assert bad.status_code == 422 and bad.json()["error"]["fields"][0]["field"] == "status"
+    assert bad.status_code == 422
+    assert bad.json()["error"]["fields"][0]["field"] == "status"
     assert api.client.get("/v1/jobs", params={"cursor": "nonsense"}).status_code == 422
     assert api.client.get("/v1/jobs", params={"limit": 0}).status_code == 422
 
