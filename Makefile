@@ -1,0 +1,41 @@
+# Everything installs itself: a fresh machine needs only Python 3.11 (or newer, below 3.14).
+PYTHON ?= python3
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := $(PYTHON)
+
+.PHONY: install run test check bench clean
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==0.13.8
+
+$(VENV)/.installed: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --quiet
+	touch $@
+
+install: $(VENV)/.installed
+
+## make run: the whole service on this machine (embedded Postgres and Redis unless configured).
+run: install
+	$(VENV)/bin/gmiq standalone
+
+## make test: the test suite on real Postgres and Redis (localhost's, or embedded ones).
+test: install
+	$(VENV)/bin/python -m pytest
+
+## make check: lint, format, types and import layering.
+check: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+## make bench: the benchmarks in bench/ (not part of make test).
+bench: install
+	$(VENV)/bin/python -m bench.run
+
+clean:
+	rm -rf $(VENV) $(TOOLS) var
