@@ -6,7 +6,17 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from api_contracts.webhooks import DeliveryView, decode_webhook_secret
 
 JobKind = Literal["chat", "response"]
 JobStatus = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"]
@@ -37,6 +47,19 @@ class JobSubmitRequest(BaseModel):
     priority: Priority = "normal"
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
     callback_url: str | None = Field(default=None, max_length=2048)
+    # Signs this job's events instead of the operator's secrets; stored encrypted, never shown.
+    callback_secret: SecretStr | None = None
+    # Continue a succeeded job: a response job chains on its upstream response
+    # (`previous_response_id`); a chat job gets its messages and assistant turn prepended.
+    parent_job_id: UUID | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hide_callback_secret(cls, data: Any) -> Any:
+        # Wrapped before validation, so a refused secret never appears in an error message.
+        if isinstance(data, dict) and isinstance(data.get("callback_secret"), str):
+            return {**data, "callback_secret": SecretStr(data["callback_secret"])}
+        return data
 
     @field_validator("request")
     @classmethod
@@ -55,13 +78,21 @@ class JobSubmitRequest(BaseModel):
             raise ValueError("must be an http(s) URL")
         return value
 
+    @field_validator("callback_secret")
+    @classmethod
+    def _callback_secret_format(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            decode_webhook_secret(value.get_secret_value())
+        return value
+
 
 def _check_model(request: dict[str, Any]) -> None:
     model = request.get("model")
     if model is not None and (not isinstance(model, str) or not model):
         raise InvalidFieldError("request.model", "must be a non-empty string")
-    if request.get("stream") is True:
-        raise InvalidFieldError("request.stream", "streamed jobs are not supported yet; omit it")
+    stream = request.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidFieldError("request.stream", "must be a boolean")
 
 
 def check_chat_request(request: dict[str, Any]) -> None:
@@ -121,6 +152,23 @@ class ErrorInfo(BaseModel):
     status_code: int | None = None
 
 
+class AttemptView(BaseModel):
+    """One call to the upstream (or one lost with its worker), and what was decided after it."""
+
+    number: int
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: Literal["running", "succeeded", "failed", "retry", "lost"]
+    status_code: int | None
+    error_type: str | None
+    error_message: str | None
+    delay_s: float | None
+    delay_reason: str | None
+    # Seconds from the request to the first streamed delta, and output tokens per second.
+    time_to_first_token_s: float | None = None
+    tokens_per_s: float | None = None
+
+
 class JobView(BaseModel):
     """What pollers see for one job."""
 
@@ -133,6 +181,8 @@ class JobView(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     attempt_count: int
+    next_attempt_at: datetime | None
+    attempts: list[AttemptView] = Field(default_factory=list)
     output_text: str | None
     tool_calls: list[ToolCallView]
     usage: UsageView | None
@@ -142,6 +192,8 @@ class JobView(BaseModel):
     idempotency_key: str | None = None
     callback_url: str | None = None
     cancel_requested: bool = False
+    # The webhook events of this job (one once it has ended, when it has a callback_url).
+    deliveries: list[DeliveryView] = Field(default_factory=list)
 
 
 class JobListView(BaseModel):

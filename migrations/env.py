@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+from worker import webhook_models  # noqa: F401  (puts the webhook tables on Base.metadata)
 from worker.models import Base
 from worker.settings import get_settings, to_sqlalchemy_url
 

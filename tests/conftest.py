@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -22,8 +23,9 @@ from sqlalchemy import Engine, text
 
 from tests.services import TestServices, delete_prefixed_keys, test_services
 from worker.db import make_engine
+from worker.producer import JobProducer
 from worker.queues import redis_client_url
-from worker.service import build_api
+from worker.service import build_api, build_producer
 from worker.settings import Settings
 from worker.simulator import SimulatorConfig, SimulatorServer
 
@@ -80,6 +82,7 @@ def make_settings(services: TestServices, simulator: SimulatorServer, **override
         "gmi_base_url": simulator.base_url,
         "gmi_api_key": SIM_KEY,
         "lease_s": 3.0,
+        "visibility_timeout_s": 5,
         "heartbeat_s": 0.5,
         "dispatch_interval_s": 0.2,
         "backoff_base_s": 0.05,
@@ -98,7 +101,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
         if value is None:
             continue
         raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
-        env[f"GMIQ_{name.upper()}"] = str(raw)
+        # pydantic-settings reads complex values (dicts, lists) as JSON.
+        env[f"GMIQ_{name.upper()}"] = (
+            json.dumps(raw) if isinstance(raw, dict | list | tuple) else str(raw)
+        )
     env["PYTHONPATH"] = str(REPO)
     return env
 
@@ -136,13 +142,18 @@ class WorkerProcess:
             stdin=subprocess.DEVNULL,
         )
 
-    def wait_ready(self, client: redis.Redis, timeout_s: float = 30) -> None:
+    def wait_ready(self, timeout_s: float = 30) -> None:
+        client = redis.Redis.from_url(redis_client_url(self.settings.redis_url))
+
         def ready() -> bool:
             if self.process.poll() is not None:
                 raise AssertionError(f"worker exited:\n{self.log_path.read_text()[-3000:]}")
             return bool(list(client.scan_iter(f"{self.settings.redis_prefix}:worker:*")))
 
-        wait_for(ready, timeout_s, "the worker to announce itself")
+        try:
+            wait_for(ready, timeout_s, "the worker to announce itself")
+        finally:
+            client.close()
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
@@ -167,9 +178,7 @@ def redis_client(services: TestServices) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def start_worker(
-    tmp_path: Path, redis_client: redis.Redis
-) -> Iterator[Callable[..., WorkerProcess]]:
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start real worker processes; each is stopped (or reaped if killed) after the test."""
     started: list[WorkerProcess] = []
 
@@ -177,12 +186,27 @@ def start_worker(
         worker = WorkerProcess(settings, concurrency, tmp_path / f"worker-{len(started)}.log")
         started.append(worker)
         if wait:
-            worker.wait_ready(redis_client)
+            worker.wait_ready()
         return worker
 
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture
+def make_producer() -> Iterator[Callable[[Settings], JobProducer]]:
+    """Python producers on a deployment's services; their engines are disposed after the test."""
+    engines: list[Any] = []
+
+    def make(settings: Settings) -> JobProducer:
+        producer, sessions, _ = build_producer(settings)
+        engines.append(sessions.kw["bind"])
+        return producer
+
+    yield make
+    for engine in engines:
+        engine.dispose()
 
 
 class ApiServer:

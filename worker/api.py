@@ -9,13 +9,16 @@ from typing import Annotated, Any, get_args
 from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_contracts.errors import ErrorBody, ErrorView, FieldErrorView
 from api_contracts.jobs import InvalidFieldError, JobListView, JobStatus, JobSubmitRequest, JobView
+from worker.callbacks import InvalidCallbackError
 from worker.producer import (
     IdempotencyConflictError,
     InvalidCursorError,
+    InvalidParentError,
     JobNotCancellableError,
     JobNotFoundError,
     JobProducer,
@@ -206,6 +209,29 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(IdempotencyConflictError)
     async def _conflict(_: Request, exc: IdempotencyConflictError) -> JSONResponse:
         return error_response(409, "idempotency_conflict", str(exc))
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(_: Request, exc: OperationalError) -> JSONResponse:
+        # Nothing was committed; the caller may retry (with the same Idempotency-Key).
+        return error_response(503, "unavailable", "the database is unavailable; retry later")
+
+    @app.exception_handler(InvalidCallbackError)
+    async def _callback(_: Request, exc: InvalidCallbackError) -> JSONResponse:
+        return error_response(
+            422,
+            "invalid_request",
+            f"{exc.field}: {exc.reason}",
+            [FieldErrorView(field=exc.field, message=exc.reason)],
+        )
+
+    @app.exception_handler(InvalidParentError)
+    async def _parent(_: Request, exc: InvalidParentError) -> JSONResponse:
+        return error_response(
+            422,
+            "invalid_request",
+            f"parent_job_id: {exc}",
+            [FieldErrorView(field="parent_job_id", message=str(exc))],
+        )
 
     @app.exception_handler(InvalidCursorError)
     async def _cursor(_: Request, exc: InvalidCursorError) -> JSONResponse:

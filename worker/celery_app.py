@@ -2,11 +2,58 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import Any
+
 from celery import Celery
 from kombu import Queue
+from kombu.transport import redis as kombu_redis
 
 from worker.queues import JOB_QUEUES
 from worker.settings import Settings
+from worker.webhooks import WEBHOOK_QUEUE
+
+log = logging.getLogger(__name__)
+
+
+_LOST_CHANNEL_ERRORS: tuple[type[BaseException], ...] = (
+    AttributeError,
+    *kombu_redis.Transport.connection_errors,
+)
+
+
+def _tolerant(method: Callable[..., None], what: str) -> Callable[..., None]:
+    def call(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except _LOST_CHANNEL_ERRORS as exc:
+            log.warning("could not %s after losing Redis: %r", what, exc)
+
+    call._gmiq_tolerant = True  # type: ignore[attr-defined]
+    return call
+
+
+def _tolerate_lost_channel() -> None:
+    """Keep the worker consuming across a Redis outage.
+
+    When Redis goes away, kombu's Redis channel tries to put unacknowledged messages back on
+    their queues as it closes, and after the reconnect it acknowledges messages of tasks that
+    were running on the old channel; both go through the closed channel's client and raise
+    `AttributeError` (`'NoneType' object has no attribute 'hostname'` / `'client'`, the shape of
+    celery/kombu#582 and #970), which Celery treats as an unrecoverable error and stops
+    consuming. Neither loses anything if skipped: the messages stay in the `unacked` hash,
+    where kombu restores them after `visibility_timeout`, and a redelivered message of a job
+    that Postgres already recorded is a no-op. So these failures are logged, not fatal."""
+    qos = kombu_redis.QoS
+    for name, what in (
+        ("restore_unacked", "restore unacknowledged messages"),
+        ("ack", "acknowledge a message"),
+        ("reject", "reject a message"),
+    ):
+        method = getattr(qos, name)
+        if not getattr(method, "_gmiq_tolerant", False):
+            setattr(qos, name, _tolerant(method, what))
 
 
 def broker_key_prefix(settings: Settings) -> str:
@@ -16,7 +63,10 @@ def broker_key_prefix(settings: Settings) -> str:
 
 def create_celery_app(settings: Settings) -> Celery:
     """A configured app; the task module registers itself on import."""
-    app = Celery("gmiq", broker=settings.broker_url, include=["worker.tasks"])
+    _tolerate_lost_channel()
+    app = Celery(
+        "gmiq", broker=settings.broker_url, include=["worker.tasks", "worker.webhook_tasks"]
+    )
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -24,7 +74,7 @@ def create_celery_app(settings: Settings) -> Celery:
         result_backend=None,
         task_serializer="json",
         accept_content=["json"],
-        task_queues=[Queue(name) for name in JOB_QUEUES],
+        task_queues=[Queue(name) for name in (*JOB_QUEUES, WEBHOOK_QUEUE)],
         task_default_queue="gmiq.normal",
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from worker.settings import Settings, get_settings
+from worker.webhook_cli import add_webhook_commands
 
 log = logging.getLogger("gmiq")
 
@@ -57,11 +58,12 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Run a Celery worker: one process, many calls in flight on a thread pool."""
-    from celery.signals import worker_ready
+    from celery.signals import worker_ready, worker_shutting_down
 
     from worker.celery_app import create_celery_app
     from worker.queues import JOB_QUEUES
     from worker.runtime import build_runtime, install_runtime
+    from worker.webhooks import WEBHOOK_QUEUE
 
     _require_services(settings)
     app = create_celery_app(settings)
@@ -72,7 +74,11 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         runtime.start_background()
         runtime.announce()
 
+    def on_shutting_down(**_: Any) -> None:
+        runtime.begin_shutdown()
+
     worker_ready.connect(on_ready, weak=False)
+    worker_shutting_down.connect(on_shutting_down, weak=False)
     concurrency = args.concurrency or settings.worker_concurrency
     try:
         app.worker_main(
@@ -80,7 +86,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
                 "worker",
                 "--pool=threads",
                 f"--concurrency={concurrency}",
-                f"--queues={','.join(JOB_QUEUES)}",
+                # Webhooks last: deliveries take threads only when no LLM job is waiting.
+                f"--queues={','.join((*JOB_QUEUES, WEBHOOK_QUEUE))}",
                 f"--hostname=gmiq-{uuid.uuid4().hex[:8]}@%h",
                 "--without-gossip",
                 "--without-mingle",
@@ -224,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("queues", help="show queue depths").set_defaults(func=cmd_queues)
     sub.add_parser("standalone", help="run everything locally").set_defaults(func=cmd_standalone)
+    add_webhook_commands(sub)
     return parser
 
 

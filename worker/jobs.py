@@ -5,25 +5,40 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from api_contracts.events import FINAL_EVENT, JobStateEvent
+from api_contracts.jobs import TERMINAL_STATUSES, ErrorInfo
 from api_contracts.messages import JobMessage
 from worker import repository
 from worker.db import unit_of_work
+from worker.job_events import JobEventPublisher, NamedEvent, state_event, update_event
 from worker.llm_client import LLMClient, UpstreamReply, UpstreamTransportError
 from worker.payloads import (
     MalformedResponseError,
+    ParsedResult,
     build_upstream_request,
     parse_error_body,
+    parse_result,
     parse_success,
 )
 from worker.retry_policy import classify_status, decide_after_failure, parse_retry_after
+from worker.stream_parsing import (
+    AttemptTiming,
+    StreamAssembler,
+    StreamError,
+    make_assembler,
+    measure_attempt,
+    merge_updates,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +84,9 @@ class JobRunner:
     redispatch_after_s: float
     in_flight: InFlight = field(default_factory=InFlight)
     rand: Callable[[], float] = random.random
+    # Live progress for followers (`GET /v1/jobs/{id}/events`); None publishes nothing.
+    events: JobEventPublisher | None = None
+    clock: Callable[[], float] = time.monotonic
 
     def run(self, message: JobMessage) -> str:
         """Process the message; returns what happened (`skipped` for a duplicate)."""
@@ -77,14 +95,74 @@ class JobRunner:
             return "skipped"
         self.in_flight.add(claim.id)
         try:
+            self._publish(
+                claim.id, [state_event(JobStateEvent(status="running", attempt=claim.attempt))]
+            )
             path, body = build_upstream_request(claim.kind, claim.request, claim.model)  # type: ignore[arg-type]
-            try:
-                reply: UpstreamReply | UpstreamTransportError = self.client.post(path, body)
-            except UpstreamTransportError as exc:
-                reply = exc
-            return self._record(claim, reply)
+            if claim.request.get("stream") is True:
+                outcome = self._call_streamed(claim, path, body)
+            else:
+                try:
+                    reply: UpstreamReply | UpstreamTransportError = self.client.post(path, body)
+                except UpstreamTransportError as exc:
+                    reply = exc
+                outcome = self._record(claim, reply)
+            self._announce(claim, outcome)
+            return outcome
         finally:
             self.in_flight.discard(claim.id)
+
+    def _call_streamed(self, claim: repository.ClaimedJob, path: str, body: bytes) -> str:
+        """Read the answer as it streams, publishing deltas; a broken stream is retried whole
+        (nothing of it is kept), like a transport error."""
+        relay = _StreamRelay(make_assembler(claim.kind), claim, self._publish, self.clock)
+        started = self.clock()
+        try:
+            reply = self.client.stream(path, body, relay.feed)
+            if classify_status(reply.status_code, reply.headers) != "succeeded":
+                return self._record(claim, reply)
+            result = relay.assembler.finish()
+        except UpstreamTransportError as exc:
+            return self._record(claim, exc, relay.timing(started, self.clock(), None))
+        except StreamError as exc:
+            error = _error(exc.error_type, str(exc), None)
+            timing = relay.timing(started, self.clock(), None)
+            return self._retry_or_fail(claim, error, exc.retryable, None, timing)
+        finished = self.clock()
+        try:
+            parsed = parse_result(claim.kind, result)  # type: ignore[arg-type]
+        except MalformedResponseError as exc:
+            return self._fail(claim, _error("malformed_response", str(exc), reply.status_code))
+        timing = relay.timing(started, finished, _output_tokens(parsed))
+        return self._store_success(claim, reply.status_code, result, parsed, timing)
+
+    def _publish(self, job_id: uuid.UUID, events: list[NamedEvent]) -> None:
+        if self.events is not None:
+            self.events.publish(job_id, events)
+
+    def _announce(self, claim: repository.ClaimedJob, outcome: str) -> None:
+        """Tell followers where the job now stands; a terminal state adds the final event,
+        whose view the events API reads from Postgres when it delivers it."""
+        if self.events is None or outcome not in ("succeeded", "failed", "retrying"):
+            return
+        if outcome == "succeeded":  # the common case needs no read
+            done = JobStateEvent(status="succeeded", attempt=claim.attempt)
+            self.events.publish(claim.id, [state_event(done), (FINAL_EVENT, done)])
+            return
+        try:
+            with self.sessions() as session:
+                job = repository.get_job(session, claim.id)
+                if job is None:
+                    return
+                error = ErrorInfo.model_validate(job.error) if job.error else None
+                state = JobStateEvent(status=job.status, attempt=claim.attempt, error=error)
+        except SQLAlchemyError as exc:
+            log.warning("state of job %s not announced: %s", claim.id, type(exc).__name__)
+            return
+        events = [state_event(state)]
+        if state.status in TERMINAL_STATUSES:
+            events.append((FINAL_EVENT, state))
+        self.events.publish(claim.id, events)
 
     def _claim(self, message: JobMessage) -> repository.ClaimedJob | None:
         with unit_of_work(self.sessions) as session:
@@ -98,7 +176,10 @@ class JobRunner:
             return repository.claim_job(session, message.job_id, self.worker_id, self.lease_s)
 
     def _record(
-        self, claim: repository.ClaimedJob, reply: UpstreamReply | UpstreamTransportError
+        self,
+        claim: repository.ClaimedJob,
+        reply: UpstreamReply | UpstreamTransportError,
+        timing: AttemptTiming | None = None,
     ) -> str:
         if (
             isinstance(reply, UpstreamReply)
@@ -109,12 +190,36 @@ class JobRunner:
             except MalformedResponseError as exc:
                 error = _error("malformed_response", str(exc), reply.status_code)
                 return self._fail(claim, error)
-            with unit_of_work(self.sessions) as session:
-                stored = repository.record_success(
-                    session, claim, self.worker_id, reply.status_code, result, parsed
-                )
-            return "succeeded" if stored else "superseded"
+            # The whole answer came at once: no first token to time, a rate over the call.
+            timing = measure_attempt(0.0, None, reply.elapsed_s, _output_tokens(parsed))
+            return self._store_success(claim, reply.status_code, result, parsed, timing)
         error, retryable, retry_after = _describe_failure(reply)
+        return self._retry_or_fail(claim, error, retryable, retry_after, timing)
+
+    def _store_success(
+        self,
+        claim: repository.ClaimedJob,
+        status_code: int,
+        result: dict[str, Any],
+        parsed: ParsedResult,
+        timing: AttemptTiming,
+    ) -> str:
+        with unit_of_work(self.sessions) as session:
+            stored = repository.record_success(
+                session, claim, self.worker_id, status_code, result, parsed
+            )
+            if stored:
+                _store_timing(session, claim, timing)
+        return "succeeded" if stored else "superseded"
+
+    def _retry_or_fail(
+        self,
+        claim: repository.ClaimedJob,
+        error: dict[str, Any],
+        retryable: bool,
+        retry_after: float | None,
+        timing: AttemptTiming | None = None,
+    ) -> str:
         decision = decide_after_failure(
             claim.attempt,
             self.retry.max_attempts,
@@ -125,17 +230,61 @@ class JobRunner:
             self.rand(),
         )
         if decision.verdict == "fail":
-            return self._fail(claim, error)
+            return self._fail(claim, error, timing)
         with unit_of_work(self.sessions) as session:
             stored = repository.record_retry(
                 session, claim, self.worker_id, error, decision.delay_s, decision.reason
             )
+            if stored:
+                _store_timing(session, claim, timing)
         return "retrying" if stored else "superseded"
 
-    def _fail(self, claim: repository.ClaimedJob, error: dict[str, Any]) -> str:
+    def _fail(
+        self,
+        claim: repository.ClaimedJob,
+        error: dict[str, Any],
+        timing: AttemptTiming | None = None,
+    ) -> str:
         with unit_of_work(self.sessions) as session:
             stored = repository.record_failure(session, claim, self.worker_id, error)
+            if stored:
+                _store_timing(session, claim, timing)
         return "failed" if stored else "superseded"
+
+
+@dataclass
+class _StreamRelay:
+    """Feeds the upstream body to the assembler; what each read makes visible is published to
+    followers as one batch (one Redis round trip), tagged with the attempt."""
+
+    assembler: StreamAssembler
+    claim: repository.ClaimedJob
+    publish: Callable[[uuid.UUID, list[NamedEvent]], None]
+    clock: Callable[[], float]
+    first_token_at: float | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        updates = self.assembler.feed(chunk)
+        if not updates:
+            return
+        if self.first_token_at is None:
+            self.first_token_at = self.clock()
+        attempt = self.claim.attempt
+        self.publish(self.claim.id, [update_event(u, attempt) for u in merge_updates(updates)])
+
+    def timing(self, started: float, finished: float, output_tokens: int | None) -> AttemptTiming:
+        return measure_attempt(started, self.first_token_at, finished, output_tokens)
+
+
+def _output_tokens(parsed: ParsedResult) -> int | None:
+    return parsed.usage.output_tokens if parsed.usage is not None else None
+
+
+def _store_timing(
+    session: Session, claim: repository.ClaimedJob, timing: AttemptTiming | None
+) -> None:
+    if timing is not None:
+        repository.record_attempt_timing(session, claim, timing.first_token_s, timing.tokens_per_s)
 
 
 def _error(error_type: str, message: str, status_code: int | None) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx2
@@ -63,6 +64,32 @@ class LLMClient:
             status_code=response.status_code,
             headers={k.lower(): v for k, v in response.headers.items()},
             content=response.content,
+            elapsed_s=time.monotonic() - started,
+        )
+
+    def stream(self, path: str, body: bytes, on_chunk: Callable[[bytes], None]) -> UpstreamReply:
+        """POST for a server-sent event stream. A 2xx body goes to `on_chunk` as it arrives
+        (the reply's content is then empty); any other answer is read whole and returned.
+        Transport failures, mid-stream too, raise ours; `on_chunk`'s exceptions propagate."""
+        started = time.monotonic()
+        try:
+            with self._client.stream(
+                "POST", path, content=body, headers={"accept": "text/event-stream"}
+            ) as response:
+                content = b""
+                if 200 <= response.status_code < 300:
+                    for chunk in response.iter_bytes():
+                        on_chunk(chunk)
+                else:
+                    content = response.read()
+        except httpx2.TimeoutException as exc:
+            raise UpstreamTransportError("timeout", f"{type(exc).__name__}: {exc}") from exc
+        except httpx2.TransportError as exc:
+            raise UpstreamTransportError("connection", f"{type(exc).__name__}: {exc}") from exc
+        return UpstreamReply(
+            status_code=response.status_code,
+            headers={k.lower(): v for k, v in response.headers.items()},
+            content=content,
             elapsed_s=time.monotonic() - started,
         )
 

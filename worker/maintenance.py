@@ -58,6 +58,11 @@ class Maintenance:
                 session, self.in_flight.snapshot(), self.worker_id, self.lease_s
             )
 
+    def release_in_flight(self) -> int:
+        """Hand this worker's running jobs back to the queue."""
+        with unit_of_work(self.sessions) as session:
+            return repository.release_jobs(session, self.in_flight.snapshot(), self.worker_id)
+
     def reap(self) -> int:
         """Requeue (or fail) jobs whose worker stopped renewing their lease."""
         with unit_of_work(self.sessions) as session:
@@ -82,13 +87,21 @@ def run_every(
     and the loop goes on, since a database or Redis outage must not kill the worker."""
 
     def loop() -> None:
+        failing = False
         while not stop.wait(interval_s):
             try:
                 duty()
             except (SQLAlchemyError, RedisError, KombuError, OSError) as exc:
-                log.warning("%s pass failed: %s", name, type(exc).__name__)
+                # One line per outage, not one per pass.
+                if not failing:
+                    log.warning("%s pass failed: %s; retrying quietly", name, type(exc).__name__)
+                failing = True
             except Exception:
                 log.exception("%s pass failed", name)
+            else:
+                if failing:
+                    log.warning("%s pass works again", name)
+                failing = False
 
     thread = threading.Thread(target=loop, name=f"gmiq-{name}", daemon=True)
     thread.start()

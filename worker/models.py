@@ -110,6 +110,10 @@ class Attempt(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     delay_s: Mapped[float | None] = mapped_column()
     delay_reason: Mapped[str | None] = mapped_column(Text)
+    # Streamed attempts: seconds from sending the request to the first delta. Output tokens per
+    # second over the decode (first delta to end), or over the whole call when not streamed.
+    time_to_first_token_s: Mapped[float | None] = mapped_column()
+    tokens_per_s: Mapped[float | None] = mapped_column()
 
     __table_args__ = (UniqueConstraint("job_id", "number", name="uq_attempt_job_number"),)
 

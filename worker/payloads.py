@@ -10,6 +10,8 @@ import orjson
 from api_contracts.jobs import JobKind
 
 UPSTREAM_PATHS: dict[str, str] = {"chat": "chat/completions", "response": "responses"}
+# Responses output items of hosted tools, stored as tool calls under these names.
+HOSTED_TOOL_NAMES: dict[str, str] = {"web_search_call": "web_search"}
 
 
 @dataclass(frozen=True)
@@ -49,10 +51,51 @@ class MalformedResponseError(ValueError):
 
 
 def build_upstream_request(kind: JobKind, request: dict[str, Any], model: str) -> tuple[str, bytes]:
-    """The path (relative to the base URL) and the body; the caller's fields pass as given."""
+    """The path (relative to the base URL) and the body; the caller's fields pass as given,
+    except that a streamed chat asks for its usage chunk (else usage would be lost)."""
     body = dict(request)
     body["model"] = body.get("model") or model
+    if kind == "chat" and body.get("stream") is True:
+        options = body.get("stream_options")
+        body["stream_options"] = {
+            **(options if isinstance(options, dict) else {}),
+            "include_usage": True,
+        }
     return UPSTREAM_PATHS[kind], orjson.dumps(body)
+
+
+def continue_request(
+    kind: JobKind, request: dict[str, Any], parent_request: dict[str, Any], parent_result: Any
+) -> dict[str, Any]:
+    """The request of a follow-up to a succeeded job: a response chains on the parent's
+    upstream id; a chat gets the parent's messages and assistant turn before its own.
+    Raises ValueError saying why the parent cannot be continued."""
+    if not isinstance(parent_result, dict):
+        raise ValueError("has no stored result to continue from")
+    if kind == "response":
+        response_id = parent_result.get("id")
+        if not isinstance(response_id, str) or not response_id:
+            raise ValueError("has no upstream response id")
+        given = request.get("previous_response_id")
+        if given is not None and given != response_id:
+            raise ValueError("conflicts with request.previous_response_id")
+        return {**request, "previous_response_id": response_id}
+    choices = parent_result.get("choices")
+    message = choices[0].get("message") if isinstance(choices, list) and choices else None
+    history = parent_request.get("messages")
+    if not isinstance(message, dict) or not isinstance(history, list):
+        raise ValueError("has no assistant message to continue from")
+    return {**request, "messages": [*history, assistant_turn(message), *request["messages"]]}
+
+
+def assistant_turn(message: dict[str, Any]) -> dict[str, Any]:
+    """A completion's message as a request message: only the fields an assistant turn has."""
+    turn: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
+    if message.get("refusal") is not None:
+        turn["refusal"] = message["refusal"]
+    if message.get("tool_calls"):
+        turn["tool_calls"] = message["tool_calls"]
+    return turn
 
 
 def parse_tool_arguments(raw: str | None) -> tuple[Any, str | None]:
@@ -129,7 +172,8 @@ def _chat_tool_call(call: dict[str, Any]) -> ParsedToolCall:
 
 
 def parse_response(body: Any) -> ParsedResult:
-    """Output text (joined as openai-python's `output_text` does) and function calls."""
+    """Output text (joined as openai-python's `output_text` does), function calls and hosted
+    tool calls (`web_search_call`)."""
     if not isinstance(body, dict) or not isinstance(body.get("output"), list):
         raise MalformedResponseError("response without an output list")
     texts: list[str] = []
@@ -145,24 +189,43 @@ def parse_response(body: Any) -> ParsedResult:
                 and part.get("type") == "output_text"
                 and isinstance(part.get("text"), str)
             )
-        elif item.get("type") == "function_call":
-            raw = item.get("arguments")
-            arguments, arguments_raw = parse_tool_arguments(raw if isinstance(raw, str) else None)
-            calls.append(
-                ParsedToolCall(
-                    call_id=str(item.get("call_id") or item.get("id") or ""),
-                    name=str(item.get("name") or ""),
-                    type="function",
-                    arguments=arguments,
-                    arguments_raw=arguments_raw,
-                )
-            )
+        elif (call := _response_tool_call(item)) is not None:
+            calls.append(call)
     model = body.get("model") if isinstance(body.get("model"), str) else None
     return ParsedResult(
         output_text="".join(texts) if texts else None,
         tool_calls=calls,
         usage=parse_usage("response", body.get("usage"), model),
     )
+
+
+def _response_tool_call(item: dict[str, Any]) -> ParsedToolCall | None:
+    """A `function_call` item, or a hosted tool call logged like one (`action` as arguments)."""
+    item_type = item.get("type")
+    if item_type == "function_call":
+        raw = item.get("arguments")
+        arguments, arguments_raw = parse_tool_arguments(raw if isinstance(raw, str) else None)
+        return ParsedToolCall(
+            call_id=str(item.get("call_id") or item.get("id") or ""),
+            name=str(item.get("name") or ""),
+            type="function",
+            arguments=arguments,
+            arguments_raw=arguments_raw,
+        )
+    if isinstance(item_type, str) and item_type in HOSTED_TOOL_NAMES:
+        return ParsedToolCall(
+            call_id=str(item.get("id") or ""),
+            name=HOSTED_TOOL_NAMES[item_type],
+            type=item_type,
+            arguments=item.get("action"),
+            arguments_raw=None,
+        )
+    return None
+
+
+def parse_result(kind: JobKind, body: Any) -> ParsedResult:
+    """Parse an already decoded body (a non-streamed one, or one assembled from a stream)."""
+    return parse_chat_completion(body) if kind == "chat" else parse_response(body)
 
 
 def parse_success(kind: JobKind, content: bytes) -> tuple[dict[str, Any], ParsedResult]:

@@ -18,9 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api_contracts.jobs import TERMINAL_STATUSES, JobListView, JobSubmitRequest, JobView
 from api_contracts.messages import JobMessage
-from worker import repository
+from worker import repository, webhook_store
+from worker.callbacks import CallbackPolicy
 from worker.db import unit_of_work
 from worker.models import Job
+from worker.payloads import continue_request
 from worker.views import job_view
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,10 @@ class JobNotFoundError(Exception):
 
 class InvalidCursorError(ValueError):
     """A list cursor we did not issue."""
+
+
+class InvalidParentError(ValueError):
+    """The `parent_job_id` of a submission names a job that cannot be continued."""
 
 
 class JobNotCancellableError(Exception):
@@ -100,10 +106,18 @@ class JobProducer:
     publish: Publisher
     default_model: str
     redispatch_after_s: float = 600.0
+    # The operator's callback rules; None skips them (delivery checks addresses again anyway).
+    callbacks: CallbackPolicy | None = None
 
     def submit(self, submission: JobSubmitRequest) -> tuple[JobView, bool]:
         """Record and enqueue a job; returns its view and whether it is new (False when an
         idempotency key named an earlier job)."""
+        sealed_secret = None
+        if self.callbacks is not None:  # raises InvalidCallbackError before anything is written
+            sealed_secret = self.callbacks.check(
+                submission.callback_url, submission.callback_secret
+            )
+        submission = self._continue_parent(submission)
         message = message_for_submission(submission, uuid.uuid4(), self.default_model)
         with unit_of_work(self.sessions) as session:
             inserted = repository.insert_job(
@@ -111,6 +125,8 @@ class JobProducer:
             )
             if not inserted:
                 return self._existing(session, message), False
+            if sealed_secret is not None:
+                webhook_store.save_callback_secret(session, message.job_id, sealed_secret)
         self._publish_or_defer(message)
         return self.get(message.job_id), True
 
@@ -136,9 +152,34 @@ class JobProducer:
     def enqueue_only(self, submission: JobSubmitRequest) -> uuid.UUID:
         """Publish without writing a row, as a producer that only has Redis does; the worker
         creates the row when it takes the message."""
+        submission = self._continue_parent(submission)
         message = message_for_submission(submission, uuid.uuid4(), self.default_model)
         self.publish(message)
         return message.job_id
+
+    def _continue_parent(self, submission: JobSubmitRequest) -> JobSubmitRequest:
+        """Expand a follow-up into the request it sends (see `payloads.continue_request`).
+
+        Done once, here, so the stored request is exactly what goes upstream on every attempt,
+        and a chain of follow-ups just works: each parent already holds its whole history."""
+        parent_id = submission.parent_job_id
+        if parent_id is None:
+            return submission
+        with self.sessions() as session:
+            parent = repository.get_job(session, parent_id)
+        if parent is None:
+            raise InvalidParentError("no job has this id")
+        if parent.kind != submission.kind:
+            raise InvalidParentError(f"is a {parent.kind} job, not a {submission.kind} job")
+        if parent.status != "succeeded":
+            raise InvalidParentError(f"must have succeeded; it is {parent.status}")
+        try:
+            request = continue_request(
+                submission.kind, submission.request, parent.request, parent.result
+            )
+        except ValueError as exc:
+            raise InvalidParentError(str(exc)) from exc
+        return submission.model_copy(update={"request": request})
 
     def get(self, job_id: uuid.UUID) -> JobView:
         """The job's current view."""
@@ -149,8 +190,7 @@ class JobProducer:
             return self._view(session, job)
 
     def _view(self, session: Session, job: Job) -> JobView:
-        calls, usages = repository.load_children(session, [job.id])
-        return job_view(job, calls[job.id], usages.get(job.id))
+        return _views(session, [job])[0]
 
     def list(self, status: str | None, limit: int, cursor: str | None) -> JobListView:
         """A page of jobs, newest first."""
@@ -158,8 +198,7 @@ class JobProducer:
         with self.sessions() as session:
             jobs = repository.list_jobs(session, status, limit + 1, before)
             page = list(jobs[:limit])
-            calls, usages = repository.load_children(session, [job.id for job in page])
-            views = [job_view(job, calls[job.id], usages.get(job.id)) for job in page]
+            views = _views(session, page)
         next_cursor = encode_cursor(page[-1]) if len(jobs) > limit and page else None
         return JobListView(data=views, next_cursor=next_cursor)
 
@@ -183,3 +222,17 @@ class JobProducer:
             if view.status in TERMINAL_STATUSES or time.monotonic() >= deadline:
                 return view
             time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+
+
+def _views(session: Session, jobs: list[Job]) -> list[JobView]:
+    children = repository.load_children(session, [job.id for job in jobs])
+    return [
+        job_view(
+            job,
+            children.tool_calls[job.id],
+            children.usages.get(job.id),
+            children.attempts[job.id],
+            children.deliveries.get(job.id, []),
+        )
+        for job in jobs
+    ]

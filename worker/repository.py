@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -14,8 +14,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from api_contracts.messages import JobMessage
+from worker import webhook_store
 from worker.models import Attempt, Job, ToolCall, Usage
 from worker.payloads import ParsedResult
+from worker.webhook_models import WebhookEvent
 
 _ACTIVE = ("queued", "retrying")
 
@@ -126,21 +128,36 @@ def list_jobs(
     return session.scalars(query).all()
 
 
-def load_children(
-    session: Session, job_ids: Sequence[uuid.UUID]
-) -> tuple[dict[uuid.UUID, list[ToolCall]], dict[uuid.UUID, Usage]]:
-    """Tool calls (in order) and usage for a page of jobs, in two queries."""
+@dataclass
+class JobChildren:
+    """The rows hanging off a page of jobs, by job id."""
+
+    tool_calls: dict[uuid.UUID, list[ToolCall]]
+    usages: dict[uuid.UUID, Usage]
+    attempts: dict[uuid.UUID, list[Attempt]]
+    deliveries: dict[uuid.UUID, list[WebhookEvent]] = field(default_factory=dict)
+
+
+def load_children(session: Session, job_ids: Sequence[uuid.UUID]) -> JobChildren:
+    """Tool calls and attempts (in order) and usage for a page of jobs, in three queries."""
     calls: dict[uuid.UUID, list[ToolCall]] = {job_id: [] for job_id in job_ids}
     usages: dict[uuid.UUID, Usage] = {}
+    attempts: dict[uuid.UUID, list[Attempt]] = {job_id: [] for job_id in job_ids}
+    children = JobChildren(calls, usages, attempts)
     if not job_ids:
-        return calls, usages
+        return children
     for call in session.scalars(
         select(ToolCall).where(ToolCall.job_id.in_(job_ids)).order_by(ToolCall.position)
     ):
         calls[call.job_id].append(call)
     for usage in session.scalars(select(Usage).where(Usage.job_id.in_(job_ids))):
         usages[usage.job_id] = usage
-    return calls, usages
+    for attempt in session.scalars(
+        select(Attempt).where(Attempt.job_id.in_(job_ids)).order_by(Attempt.number)
+    ):
+        attempts[attempt.job_id].append(attempt)
+    children.deliveries = webhook_store.load_events(session, job_ids)
+    return children
 
 
 def claim_job(
@@ -264,6 +281,7 @@ def record_success(
             )
             .on_conflict_do_nothing()
         )
+    webhook_store.create_job_event(session, claim.id)
     return True
 
 
@@ -279,6 +297,7 @@ def record_failure(
     ):
         return False
     _close_attempt(session, claim, "failed", _attempt_error(error))
+    webhook_store.create_job_event(session, claim.id)
     return True
 
 
@@ -307,6 +326,8 @@ def record_retry(
         return False
     values = _attempt_error(error) | {"delay_s": delay_s, "delay_reason": reason}
     _close_attempt(session, claim, "retry", values)
+    # Makes an event only if the CASE above cancelled the job.
+    webhook_store.create_job_event(session, claim.id)
     return True
 
 
@@ -316,6 +337,20 @@ def _attempt_error(error: dict[str, Any]) -> dict[str, Any]:
         "error_type": error.get("type"),
         "error_message": error.get("message"),
     }
+
+
+def record_attempt_timing(
+    session: Session,
+    claim: ClaimedJob,
+    time_to_first_token_s: float | None,
+    tokens_per_s: float | None,
+) -> None:
+    """Store how fast an attempt answered (call it with the attempt's outcome)."""
+    session.execute(
+        update(Attempt)
+        .where(Attempt.job_id == claim.id, Attempt.number == claim.attempt)
+        .values(time_to_first_token_s=time_to_first_token_s, tokens_per_s=tokens_per_s)
+    )
 
 
 def cancel_job(session: Session, job_id: uuid.UUID) -> Job | None:
@@ -331,6 +366,7 @@ def cancel_job(session: Session, job_id: uuid.UUID) -> Job | None:
             next_attempt_at=None,
         )
     )
+    webhook_store.create_job_event(session, job_id)
     session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == "running")
@@ -356,6 +392,37 @@ def renew_leases(
         .values(lease_expires_at=func.now() + _seconds(lease_s))
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def release_jobs(session: Session, job_ids: Sequence[uuid.UUID], worker_id: str) -> int:
+    """Hand running jobs back to the queue (a worker shutting down past its grace): the
+    attempt is recorded as lost to shutdown; it does not count against the job."""
+    if not job_ids:
+        return 0
+    released = session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.worker_id == worker_id, Job.status == "running")
+        .values(
+            status="queued",
+            next_attempt_at=func.now(),
+            lease_expires_at=None,
+            worker_id=None,
+            updated_at=func.now(),
+        )
+        .returning(Job.id, Job.attempt_count)
+    ).all()
+    for job_id, attempt in released:
+        session.execute(
+            update(Attempt)
+            .where(Attempt.job_id == job_id, Attempt.number == attempt)
+            .values(
+                outcome="lost",
+                finished_at=func.now(),
+                error_type="worker_shutdown",
+                error_message="the worker shut down before the call finished; handed back",
+            )
+        )
+    return len(released)
 
 
 def reap_expired_leases(session: Session, max_lost: int, limit: int) -> list[uuid.UUID]:
@@ -401,6 +468,8 @@ def reap_expired_leases(session: Session, max_lost: int, limit: int) -> list[uui
                 **values,
             )
         )
+        if values["status"] == "failed":
+            webhook_store.create_job_event(session, job_id)
     return requeued
 
 
@@ -421,19 +490,6 @@ def take_due_jobs(session: Session, redispatch_after_s: float, limit: int) -> Se
             .values(next_attempt_at=func.now() + _seconds(redispatch_after_s))
         )
     return due
-
-
-def list_attempts(session: Session, job_id: uuid.UUID) -> Sequence[Attempt]:
-    """A job's attempts, oldest first."""
-    return session.scalars(
-        select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.number)
-    ).all()
-
-
-def count_by_status(session: Session) -> dict[str, int]:
-    """How many jobs are in each state."""
-    rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
-    return {status: int(count) for status, count in rows}
 
 
 def ping(session: Session) -> None:

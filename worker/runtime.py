@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import uuid
@@ -13,11 +14,13 @@ import redis
 from celery import Celery
 
 from worker.db import make_engine, make_sessionmaker
+from worker.job_events import JobEventPublisher
 from worker.jobs import InFlight, JobRunner, RetryConfig
 from worker.llm_client import LLMClient
 from worker.maintenance import Maintenance, run_every
 from worker.queues import publish_job, redis_client_url
 from worker.settings import Settings
+from worker.webhook_delivery import WebhookDeliverer, build_deliverer, publish_delivery
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,7 @@ class WorkerRuntime:
     maintenance: Maintenance
     settings: Settings
     redis_client: redis.Redis
+    webhooks: WebhookDeliverer
     stop: threading.Event = field(default_factory=threading.Event)
 
     def announce(self) -> None:
@@ -52,11 +56,32 @@ class WorkerRuntime:
         run_every(s.heartbeat_s, self.heartbeat, self.stop, "heartbeat")
         run_every(s.dispatch_interval_s, self.maintenance.reap, self.stop, "reaper")
         run_every(s.dispatch_interval_s, self.maintenance.dispatch, self.stop, "dispatcher")
+        run_every(s.dispatch_interval_s, self.webhooks.dispatch, self.stop, "webhook-dispatcher")
+
+    def begin_shutdown(self) -> None:
+        """On SIGTERM Celery stops taking messages and waits for running tasks; past the grace
+        we hand the remaining jobs back (they run again at once elsewhere) and cold-stop."""
+
+        def after_grace() -> None:
+            if self.stop.wait(self.settings.shutdown_grace_s):
+                return
+            released = self.maintenance.release_in_flight()
+            log.warning("shutdown grace over: handed back %d running jobs", released)
+            os.kill(os.getpid(), signal.SIGQUIT)
+
+        threading.Thread(target=after_grace, name="gmiq-shutdown-grace", daemon=True).start()
 
     def shutdown(self) -> None:
-        """Stop the loops and close the upstream client."""
+        """Stop the loops, hand back anything still running, close the upstream client."""
         self.stop.set()
+        try:
+            self.maintenance.release_in_flight()
+        except Exception as exc:  # the database may be the reason we are stopping
+            log.warning("could not hand back running jobs: %s", type(exc).__name__)
         self.runner.client.close()
+        self.webhooks.close()
+        if self.runner.events is not None:
+            self.runner.events.close()
         self.redis_client.delete(worker_key(self.settings.redis_prefix, self.runner.worker_id))
 
 
@@ -84,6 +109,7 @@ def build_runtime(settings: Settings, app: Celery) -> WorkerRuntime:
         lease_s=settings.lease_s,
         redispatch_after_s=settings.redispatch_after_s,
         in_flight=in_flight,
+        events=build_event_publisher(settings),
     )
     maintenance = Maintenance(
         sessions=sessions,
@@ -101,6 +127,23 @@ def build_runtime(settings: Settings, app: Celery) -> WorkerRuntime:
         redis_client=redis.Redis.from_url(
             redis_client_url(settings.redis_url), socket_timeout=5, socket_connect_timeout=5
         ),
+        webhooks=build_deliverer(
+            settings,
+            sessions,
+            lambda event, number: publish_delivery(app, event, number),
+            worker_id,
+        ),
+    )
+
+
+def build_event_publisher(settings: Settings) -> JobEventPublisher:
+    """Job event streams on the deployment's Redis; short timeouts, since a slow Redis must not
+    slow the upstream reads that publish to it."""
+    client: redis.Redis = redis.Redis.from_url(
+        redis_client_url(settings.redis_url), socket_timeout=1, socket_connect_timeout=1
+    )
+    return JobEventPublisher(
+        client, settings.redis_prefix, settings.events_maxlen, settings.events_ttl_s
     )
 
 

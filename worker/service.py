@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import redis
+import redis.asyncio
 from celery import Celery
 from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker import repository
+from worker import stats as operator_stats
 from worker.api import create_app
+from worker.callbacks import CallbackPolicy
 from worker.celery_app import broker_key_prefix, create_celery_app
 from worker.db import make_engine, make_sessionmaker
+from worker.events_api import create_events_router
 from worker.producer import JobProducer
 from worker.queues import publish_job, queue_depths, redis_client_url
+from worker.secret_box import SecretBox
 from worker.settings import Settings
+from worker.stats import Price
+from worker.webhook_admin import WebhookAdmin
+from worker.webhook_api import build_webhook_router
+from worker.webhooks import parse_secrets
 
 
 def build_producer(settings: Settings) -> tuple[JobProducer, sessionmaker[Session], Celery]:
@@ -28,8 +38,21 @@ def build_producer(settings: Settings) -> tuple[JobProducer, sessionmaker[Sessio
         publish=lambda message: publish_job(app, message),
         default_model=settings.default_model,
         redispatch_after_s=settings.redispatch_after_s,
+        callbacks=build_callback_policy(settings),
     )
     return producer, sessions, app
+
+
+def build_callback_policy(settings: Settings) -> CallbackPolicy:
+    """The operator's callback rules; a malformed GMIQ_WEBHOOK_SECRETS stops startup here."""
+    secrets = settings.webhook_secrets.get_secret_value() if settings.webhook_secrets else ""
+    key = settings.secret_key.get_secret_value() if settings.secret_key else None
+    return CallbackPolicy(
+        allow_http=settings.webhook_allow_http,
+        allow_private=settings.webhook_allow_private,
+        has_operator_secrets=bool(parse_secrets(secrets)),
+        box=SecretBox(key, settings.var_dir),
+    )
 
 
 def build_api(settings: Settings) -> FastAPI:
@@ -53,9 +76,31 @@ def build_api(settings: Settings) -> FastAPI:
             checks["redis"] = "unavailable"
         return checks
 
+    prices = {model: Price(*rates) for model, rates in settings.prices_per_million_tokens.items()}
+    window_s = settings.stats_window_s
+
     def stats() -> dict[str, Any]:
         with sessions() as session:
-            jobs = repository.count_by_status(session)
-        return {"jobs": jobs, "queues": queue_depths(client, prefix)}
+            return {
+                "jobs": operator_stats.jobs_by_status(session),
+                "queues": queue_depths(client, prefix),
+                "window_s": window_s,
+                "latency_s": operator_stats.latency_seconds(session, window_s),
+                "errors": operator_stats.errors_by_type(session, window_s),
+                "usage": operator_stats.usage_by_model(session, window_s, prices),
+            }
 
-    return create_app(producer, health, stats, settings.max_body_bytes)
+    api = create_app(producer, health, stats, settings.max_body_bytes)
+    api.include_router(build_webhook_router(WebhookAdmin(sessions)))
+    api.include_router(
+        create_events_router(
+            producer, _event_reader(settings), settings.redis_prefix, settings.events_idle_s
+        )
+    )
+    return api
+
+
+def _event_reader(settings: Settings) -> Callable[[], redis.asyncio.Redis]:
+    """A new async client per follower: it lives as long as that follower's stream."""
+    url = redis_client_url(settings.redis_url)
+    return lambda: redis.asyncio.Redis.from_url(url, socket_connect_timeout=2)

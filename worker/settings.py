@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from typing import Annotated
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_GMI_BASE_URL = "https://api.gmi-serving.com/v1/"
 DEFAULT_MODEL = "openai/gpt-5.4-mini"
@@ -56,19 +57,72 @@ class Settings(BaseSettings):
     heartbeat_s: float = 10.0
     # How many times a job may lose its worker (SIGKILL, OOM) before it is failed.
     max_lost_attempts: int = 3
-    # kombu's Redis redelivery of unacked messages; the Postgres lease recovers faster.
-    visibility_timeout_s: int = 3600
+    # SIGTERM: how long a worker waits for running calls before handing them back.
+    shutdown_grace_s: float = 30.0
+    # kombu puts a delivered, unacknowledged message back on its queue after this long. That
+    # recovers messages a dead worker had taken but not started (their jobs are still queued,
+    # so no lease covers them); a copy redelivered for a job still running is a no-op.
+    visibility_timeout_s: int = 300
     db_pool_size: int = 20
+    # Per-job event streams (`GET /v1/jobs/{id}/events`): entries kept per job (approximately),
+    # and how long a stream lives after its last event; later, followers get the final view
+    # from Postgres only.
+    events_maxlen: int = 10_000
+    events_ttl_s: int = 3600
+    # A quiet follower's stream checks Postgres (for ends nobody published) and sends a
+    # keep-alive comment this often.
+    events_idle_s: float = 5.0
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     max_body_bytes: int = 1_000_000
 
+    # Operators' view (`GET /v1/stats`): the window for latency, errors and spend, and prices in
+    # USD per million tokens: {"model": [input, output, cached input (optional)]}.
+    stats_window_s: float = 3600.0
+    prices_per_million_tokens: dict[str, tuple[float, float] | tuple[float, float, float]] = {}
     simulator_port: int = 8765
     # The key the bundled simulator demands; standalone generates one per run.
     simulator_api_key: SecretStr | None = None
     simulator_latency_ms: float = 0.0
     log_level: str = "INFO"
+
+    # Webhook callbacks (docs/webhooks.md). Comma-separated `whsec_` secrets: each signs every
+    # event, so during a rotation list the new and the old one.
+    webhook_secrets: SecretStr | None = None
+    # Encrypts per-job callback secrets at rest (comma-separated: the first encrypts, all
+    # decrypt). Unset: a key is generated once in `var_dir` (fine for one machine).
+    secret_key: SecretStr | None = None
+    webhook_allow_http: bool = False
+    # Callback hosts on loopback, private, link-local or metadata addresses are refused unless set.
+    webhook_allow_private: bool = False
+    # Thin events carry only the job's id and status; receivers fetch the rest.
+    webhook_thin_events: bool = False
+    webhook_timeout_s: float = 15.0
+    # The delay before each attempt (the first is immediate): Svix's schedule, 8 attempts in all.
+    webhook_retry_schedule_s: Annotated[tuple[float, ...], NoDecode] = (
+        0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0,
+    )  # fmt: skip
+    # A published delivery not attempted within this long is published again (duplicates no-op).
+    webhook_redispatch_after_s: float = 120.0
+    # Deliveries in flight per worker process; more wait, so slow receivers leave job threads free.
+    webhook_concurrency: int = 16
+    webhook_response_excerpt_bytes: int = 1024
+
+    @field_validator("webhook_retry_schedule_s", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        # `0,5,300` from the environment; brackets accepted, as a dumped tuple or list prints.
+        if isinstance(value, str):
+            return tuple(float(part) for part in value.strip("()[] ").split(",") if part.strip())
+        return value
+
+    @field_validator("webhook_retry_schedule_s")
+    @classmethod
+    def _schedule_valid(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(delay < 0 for delay in value):
+            raise ValueError("needs at least one delay, none negative")
+        return value
 
     @field_validator("gmi_base_url")
     @classmethod

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
-from api_contracts.jobs import ErrorInfo, JobView, ToolCallView, UsageView
-from worker.models import Job, ToolCall, Usage
+from collections.abc import Sequence
+
+from api_contracts.jobs import AttemptView, ErrorInfo, JobView, ToolCallView, UsageView
+from api_contracts.webhooks import DeliveryAttemptView, DeliveryView
+from worker.models import Attempt, Job, ToolCall, Usage
+from worker.webhook_models import WebhookAttempt, WebhookEvent
+
+
+def delivery_view(event: WebhookEvent) -> DeliveryView:
+    """A webhook event and how its delivery stands."""
+    return DeliveryView.model_validate(event, from_attributes=True)
+
+
+def delivery_attempt_view(attempt: WebhookAttempt) -> DeliveryAttemptView:
+    """One POST of a webhook event."""
+    return DeliveryAttemptView.model_validate(attempt, from_attributes=True)
 
 
 def tool_call_view(call: ToolCall) -> ToolCallView:
@@ -29,7 +43,18 @@ def usage_view(usage: Usage) -> UsageView:
     )
 
 
-def job_view(job: Job, tool_calls: list[ToolCall], usage: Usage | None) -> JobView:
+def attempt_view(attempt: Attempt) -> AttemptView:
+    """One attempt as callers see it."""
+    return AttemptView.model_validate(attempt, from_attributes=True)
+
+
+def job_view(
+    job: Job,
+    tool_calls: list[ToolCall],
+    usage: Usage | None,
+    attempts: list[Attempt],
+    deliveries: Sequence[WebhookEvent] = (),
+) -> JobView:
     """The full view of one job."""
     return JobView(
         id=job.id,
@@ -41,6 +66,8 @@ def job_view(job: Job, tool_calls: list[ToolCall], usage: Usage | None) -> JobVi
         started_at=job.started_at,
         finished_at=job.finished_at,
         attempt_count=job.attempt_count,
+        next_attempt_at=job.next_attempt_at if job.status == "retrying" else None,
+        attempts=[attempt_view(attempt) for attempt in attempts],
         output_text=job.output_text,
         tool_calls=[tool_call_view(call) for call in tool_calls],
         usage=usage_view(usage) if usage is not None else None,
@@ -50,4 +77,5 @@ def job_view(job: Job, tool_calls: list[ToolCall], usage: Usage | None) -> JobVi
         idempotency_key=job.idempotency_key,
         callback_url=job.callback_url,
         cancel_requested=job.cancel_requested,
+        deliveries=[delivery_view(event) for event in deliveries],
     )

@@ -80,7 +80,7 @@ def test_chat_completion_text_tool_calls_and_usage() -> None:
     assert (parsed.usage.cached_tokens, parsed.usage.reasoning_tokens) == (4, 2)
 
 
-def test_response_joins_output_text_and_reads_function_calls() -> None:
+def test_response_joins_output_text_and_reads_function_and_web_search_calls() -> None:
     body = {
         "model": "m",
         "output": [
@@ -94,7 +94,13 @@ def test_response_joins_output_text_and_reads_function_calls() -> None:
                 ],
             },
             {"type": "function_call", "call_id": "call_9", "name": "h", "arguments": "{}"},
-            {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+            {
+                "type": "web_search_call",
+                "id": "ws_1",
+                "status": "completed",
+                "action": {"type": "search", "query": "weather"},
+            },
+            {"type": "file_search_call", "id": "fs_1", "status": "completed"},
         ],
         "usage": {
             "input_tokens": 3,
@@ -106,7 +112,11 @@ def test_response_joins_output_text_and_reads_function_calls() -> None:
     }
     parsed = parse_response(body)
     assert parsed.output_text == "Hello, world"
-    assert [(c.call_id, c.name, c.arguments) for c in parsed.tool_calls] == [("call_9", "h", {})]
+    # Hosted web searches are logged like tool calls; other unknown items are skipped.
+    assert [(c.call_id, c.type, c.name, c.arguments) for c in parsed.tool_calls] == [
+        ("call_9", "function", "h", {}),
+        ("ws_1", "web_search_call", "web_search", {"type": "search", "query": "weather"}),
+    ]
     assert parsed.usage is not None
     assert (parsed.usage.cached_tokens, parsed.usage.reasoning_tokens) == (1, 2)
 

@@ -1,0 +1,155 @@
+"""The naive baseline: a plain Celery task that posts the call with sync httpx2 and inserts the
+answer with SQLAlchemy. No job table, no claim, no lease, no retry bookkeeping: what one writes
+without gmiq. Its own app, queue and Redis prefix; same services, threads pool and concurrency.
+
+Run as a worker: `python -m bench.naive --concurrency 200 --client shared` with gmiq's GMIQ_*
+environment (database, Redis, prefix, upstream URL and key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
+
+import httpx2
+from celery import Celery
+from sqlalchemy import BigInteger, DateTime, Engine, Text, create_engine, func
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from worker.settings import Settings
+
+NAIVE_QUEUE = "bench.naive"
+NAIVE_TASK = "bench.naive.call_llm"
+CLIENT_MODES = ("shared", "per-call")
+
+
+class NaiveBase(DeclarativeBase):
+    """The baseline's own metadata, kept apart from gmiq's."""
+
+
+class NaiveResult(NaiveBase):
+    """One stored answer."""
+
+    __tablename__ = "bench_naive_result"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    run: Mapped[str] = mapped_column(Text)
+    status_code: Mapped[int]
+    body: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # The bench's wall clock when it published the task, for the added latency.
+    submitted_at: Mapped[float]
+    finished_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+def create_table(engine: Engine) -> None:
+    """Create the baseline's table in the run's database."""
+    NaiveBase.metadata.create_all(engine)
+
+
+def ready_key(redis_prefix: str) -> str:
+    """The Redis key the naive worker sets once it consumes."""
+    return f"{redis_prefix}-naive:ready"
+
+
+def create_naive_app(settings: Settings) -> Celery:
+    """Celery with its defaults (early acks, prefetch x4), on its own queue and key prefix."""
+    app = Celery("gmiq_bench_naive", broker=settings.broker_url)
+    app.conf.update(
+        task_ignore_result=True,
+        task_default_queue=NAIVE_QUEUE,
+        broker_transport_options={"global_keyprefix": f"{settings.redis_prefix}-naive:"},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+def register_task(app: Celery, settings: Settings, client_mode: str) -> None:
+    """The task: post, then insert. `shared` keeps one pooled client sized for the concurrency
+    (what a careful user writes); `per-call` uses `httpx2.post` (what the quickstart shows),
+    which builds a client, and its TLS context, on every call."""
+    engine = create_engine(settings.sqlalchemy_url, pool_size=settings.db_pool_size)
+    url = settings.gmi_base_url + "chat/completions"
+    key = settings.gmi_api_key.get_secret_value() if settings.gmi_api_key else ""
+    headers = {"authorization": f"Bearer {key}"}
+    limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=1000)
+    shared = httpx2.Client(timeout=60, limits=limits) if client_mode == "shared" else None
+
+    @app.task(name=NAIVE_TASK)
+    def call_llm(run: str, body: dict[str, Any], submitted_at: float) -> None:
+        if shared is not None:
+            response = shared.post(url, json=body, headers=headers)
+        else:
+            response = httpx2.post(url, json=body, headers=headers, timeout=60)
+        with Session(engine) as session, session.begin():
+            session.add(
+                NaiveResult(
+                    run=run,
+                    status_code=response.status_code,
+                    body=response.json(),
+                    submitted_at=submitted_at,
+                )
+            )
+
+
+def publish(
+    app: Celery, run: str, body: dict[str, Any], count: int, threads: int, clock: Any
+) -> None:
+    """Publish `count` tasks from `threads` threads."""
+    lock = threading.Lock()
+    remaining = [count]
+
+    def publish_some() -> None:
+        while True:
+            with lock:
+                if remaining[0] == 0:
+                    return
+                remaining[0] -= 1
+            app.send_task(NAIVE_TASK, args=[run, body, clock()], queue=NAIVE_QUEUE)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for future in [pool.submit(publish_some) for _ in range(threads)]:
+            future.result()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the naive worker until SIGTERM."""
+    from celery.signals import worker_ready
+
+    parser = argparse.ArgumentParser(prog="python -m bench.naive")
+    parser.add_argument("--concurrency", type=int, required=True)
+    parser.add_argument("--client", choices=CLIENT_MODES, default="shared")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    app = create_naive_app(settings)
+    register_task(app, settings, args.client)
+
+    def on_ready(**_: Any) -> None:
+        import redis
+
+        redis.Redis.from_url(settings.redis_url).set(ready_key(settings.redis_prefix), "1", ex=3600)
+
+    worker_ready.connect(on_ready, weak=False)
+    app.worker_main(
+        [
+            "worker",
+            "--pool=threads",
+            f"--concurrency={args.concurrency}",
+            f"--queues={NAIVE_QUEUE}",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel=WARNING",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()

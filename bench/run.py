@@ -1,0 +1,186 @@
+"""`python -m bench.run` (`make bench`): gmiq against the upstream limit and a naive Celery task,
+on the local Postgres and Redis, in one command that starts and stops everything it uses.
+
+For each upstream latency: the simulator in its own process, then the cases of `bench.cases`;
+then the polling benchmark. Prints a table and writes bench/results/<timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from importlib import metadata
+from types import FrameType
+from typing import Any
+
+from bench.cases import CASES, BenchConfig, Upstream, measure_latency
+from bench.naive import CLIENT_MODES, create_table
+from bench.polling import measure_polling
+from bench.processes import start_simulator
+from bench.report import (
+    CaseResult,
+    case_dicts,
+    case_table,
+    check_targets,
+    polling_table,
+    targets_table,
+    write_json,
+)
+from bench.stack import Stack
+from bench.traffic import default_client
+
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+STREAMING_NOTE = (
+    "streaming: skipped (not measured yet: written before the worker streamed upstream answers)"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options; `--quick` changes the defaults of the sizes, not explicit values."""
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a small run (< 2 min)")
+    parser.add_argument("--jobs", type=int, help="jobs per case (default 2000, quick 200)")
+    parser.add_argument("--concurrency", type=int, help="calls in flight (default 200, quick 50)")
+    parser.add_argument("--latencies", default="0,500", help="upstream latencies in ms")
+    parser.add_argument("--cases", default=",".join([*CASES, "polling"]), help="which cases")
+    parser.add_argument("--producer-threads", type=int, default=16)
+    parser.add_argument("--paced-rate", type=float, default=50.0, help="jobs/s of gmiq-paced")
+    parser.add_argument("--paced-jobs", type=int, help="jobs of gmiq-paced (default 8 s' worth)")
+    parser.add_argument("--naive-client", choices=CLIENT_MODES, default="shared")
+    parser.add_argument("--client", choices=("aiohttp", "httpx2"), default=default_client())
+    parser.add_argument("--poll-rows", type=int, help="jobs in the table (default 20000)")
+    parser.add_argument("--poll-requests", type=int, help="GETs per server (default 5000)")
+    parser.add_argument("--poll-concurrency", type=int, default=32)
+    parser.add_argument("--deadline", type=float, help="seconds a case may take to finish")
+    parser.add_argument("--postgres", default=LOCAL_POSTGRES, help="admin URL (loopback only)")
+    parser.add_argument("--redis", default=LOCAL_REDIS, help="Redis URL (loopback only)")
+    return parser
+
+
+def config_from(args: argparse.Namespace) -> BenchConfig:
+    """Fill the sizes --quick or the moderate defaults leave open."""
+    quick = args.quick
+    jobs = args.jobs or (200 if quick else 2000)
+    cases = tuple(name.strip() for name in args.cases.split(",") if name.strip())
+    unknown = set(cases) - {*CASES, "polling"}
+    if unknown:
+        raise SystemExit(f"bench: unknown cases {sorted(unknown)}")
+    return BenchConfig(
+        jobs=jobs,
+        concurrency=args.concurrency or (50 if quick else 200),
+        latencies_ms=tuple(float(v) for v in args.latencies.split(",") if v.strip()),
+        producer_threads=args.producer_threads,
+        paced_rate=args.paced_rate,
+        paced_jobs=args.paced_jobs or int(args.paced_rate * (2.5 if quick else 8)),
+        naive_client=args.naive_client,
+        client=args.client,
+        deadline_s=args.deadline or 60 + jobs / 20,
+        cases=cases,
+        poll_rows=args.poll_rows or (2000 if quick else 20000),
+        poll_requests=args.poll_requests or (800 if quick else 5000),
+        poll_concurrency=args.poll_concurrency,
+    )
+
+
+def _versions() -> dict[str, str]:
+    found: dict[str, str] = {"python": platform.python_version()}
+    for name in ("celery", "kombu", "sqlalchemy", "psycopg", "httpx2", "fastapi", "starlette"):
+        found[name] = metadata.version(name)
+    for name in ("uvicorn", "aiohttp", "uvloop", "httptools"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run(config: BenchConfig, stack: Stack) -> dict[str, Any]:
+    """Every latency's cases, then polling; returns the JSON document."""
+    stack.open()
+    create_table(stack.monitor())
+    by_latency: dict[float, list[CaseResult]] = {}
+    api_key = "bench-" + secrets.token_hex(8)
+    for latency in config.latencies_ms:
+        print(f"upstream latency {latency:g} ms:", flush=True)
+        child, base_url = start_simulator(stack, latency, api_key)
+        try:
+            upstream = Upstream(child, base_url, api_key, latency)
+            by_latency[latency] = measure_latency(stack, upstream, config)
+        finally:
+            stack.stop(child)
+        print(_latency_title(latency, config))
+        print(case_table(by_latency[latency]) + "\n", flush=True)
+    polling: dict[str, Any] = {"skipped": "not selected"}
+    if "polling" in config.cases:
+        print("polling ...", flush=True)
+        polling = measure_polling(
+            stack,
+            config.poll_rows,
+            config.poll_requests,
+            config.poll_concurrency,
+            config.deadline_s,
+            config.client,
+        )
+    checks = check_targets(by_latency, polling)
+    return {
+        "config": config.__dict__,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_avg_at_end": os.getloadavg(),
+        },
+        "versions": _versions(),
+        "latencies": {f"{k:g}": case_dicts(v) for k, v in by_latency.items()},
+        "streaming": STREAMING_NOTE,
+        "polling": polling,
+        "targets": checks,
+    }
+
+
+def _latency_title(latency: float, config: BenchConfig) -> str:
+    return (
+        f"\n== upstream {latency:g} ms, {config.jobs} jobs, concurrency {config.concurrency} "
+        "(RSS: the worker process; pg/redis CPU is server-wide) =="
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run, print, save; everything started is stopped and removed on every exit."""
+    args = build_parser().parse_args(argv)
+    config = config_from(args)
+    stack = Stack(admin_url=args.postgres, redis_url=args.redis)
+    # Installed explicitly: a shell that starts us in the background ignores SIGINT otherwise.
+    signal.signal(signal.SIGINT, _raise_interrupt)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    started = time.monotonic()
+    print(f"bench {stack.tag}: database {stack.database_name}, Redis prefix {stack.redis_prefix}")
+    print(f"logs in {stack.logs}", flush=True)
+    try:
+        document = run(config, stack)
+    except KeyboardInterrupt:
+        print("\nbench: interrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        stack.close()
+    document["duration_s"] = time.monotonic() - started
+    print(STREAMING_NOTE)
+    print(polling_table(document["polling"]))
+    print(targets_table(document["targets"]))
+    path = write_json(document)
+    print(f"\nresults: {path} ({document['duration_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

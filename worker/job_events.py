@@ -1,0 +1,147 @@
+"""Per-job event streams on Redis Streams: workers append (XADD), followers read after an id.
+
+One stream per job under the deployment's `redis_prefix`, trimmed to about `maxlen` entries and
+expiring `ttl_s` after its last event: live progress is a convenience, Postgres is the record,
+so a follower of an expired stream gets the final view from the database instead. A Redis
+outage never fails a job: publishing logs and moves on.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio
+from pydantic import BaseModel
+
+from api_contracts.events import (
+    JobStateEvent,
+    TextDeltaEvent,
+    ToolCallDeltaEvent,
+    ToolCallStartedEvent,
+)
+from worker.stream_parsing import StreamUpdate
+
+log = logging.getLogger(__name__)
+
+# `Last-Event-ID` must name a stream entry: `<ms>-<seq>`.
+ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+START = "0-0"
+_READ_BATCH = 500
+
+NamedEvent = tuple[str, BaseModel]
+
+
+def events_key(prefix: str, job_id: uuid.UUID) -> str:
+    """The Redis key of a job's event stream."""
+    return f"{prefix}:events:{job_id}"
+
+
+def update_event(update: StreamUpdate, attempt: int) -> NamedEvent:
+    """The follower's event for a stream update."""
+    if update.type == "tool_call.started":
+        return update.type, ToolCallStartedEvent(
+            attempt=attempt,
+            index=update.index,
+            call_index=update.call_index,
+            call_id=update.call_id,
+            name=update.name,
+            type=update.call_type or "function",
+        )
+    if update.type == "tool_call.delta":
+        return update.type, ToolCallDeltaEvent(
+            attempt=attempt, index=update.index, call_index=update.call_index, delta=update.delta
+        )
+    return update.type, TextDeltaEvent(attempt=attempt, index=update.index, delta=update.delta)
+
+
+def state_event(event: JobStateEvent) -> NamedEvent:
+    """A state change, named for the stream."""
+    return "state", event
+
+
+class JobEventPublisher:
+    """Appends events to job streams; one pipeline (one round trip) per batch.
+
+    After a Redis failure it drops events for `pause_s`: a dead Redis must not cost every
+    streamed chunk a socket timeout, nor fill the log.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        maxlen: int,
+        ttl_s: int,
+        pause_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._maxlen = maxlen
+        self._ttl_s = ttl_s
+        self._pause_s = pause_s
+        self._clock = clock
+        self._paused_until = 0.0
+
+    def publish(self, job_id: uuid.UUID, events: Sequence[NamedEvent]) -> None:
+        """Append the events in order; Redis errors are logged, never raised."""
+        if not events or self._clock() < self._paused_until:
+            return
+        key = events_key(self._prefix, job_id)
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for name, body in events:
+                pipe.xadd(
+                    key,
+                    {"type": name, "data": body.model_dump_json()},
+                    maxlen=self._maxlen,
+                    approximate=True,
+                )
+            pipe.expire(key, self._ttl_s)
+            pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            self._paused_until = self._clock() + self._pause_s
+            log.warning(
+                "job events not published for %gs: %s (job %s)",
+                self._pause_s,
+                type(exc).__name__,
+                job_id,
+            )
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self._client.close()
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One entry of a job's stream: its id, event name and JSON data."""
+
+    id: str
+    name: str
+    data: bytes
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def read_events(
+    client: redis.asyncio.Redis, key: str, after: str, block_ms: int | None
+) -> list[StoredEvent]:
+    """Entries after `after` (exclusive), waiting up to `block_ms` for one (None: no wait)."""
+    answer: Any = await client.xread({key: after}, count=_READ_BATCH, block=block_ms)
+    found: list[StoredEvent] = []
+    for _, entries in answer or []:
+        for entry_id, fields in entries:
+            name = fields.get(b"type", b"")
+            data = fields.get(b"data", b"null")
+            found.append(StoredEvent(_text(entry_id), _text(name), bytes(data)))
+    return found

@@ -1,0 +1,67 @@
+"""Operators' side of deliveries, for the API and the CLI: list them (the failed ones are the
+dead letters), show one with its attempts, redeliver one or every failure since a time."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from api_contracts.webhooks import DeliveryDetailView, DeliveryListView, DeliveryView
+from worker import webhook_store
+from worker.db import unit_of_work
+from worker.views import delivery_attempt_view, delivery_view
+
+
+class DeliveryNotFoundError(Exception):
+    """No delivery has that id."""
+
+
+class DeliveryPendingError(Exception):
+    """The delivery is still being attempted; there is nothing to redeliver yet."""
+
+
+@dataclass
+class WebhookAdmin:
+    """Reads and redeliveries over the webhook tables."""
+
+    sessions: sessionmaker[Session]
+
+    def list_deliveries(
+        self, status: str | None, since: datetime | None, limit: int
+    ) -> DeliveryListView:
+        """Deliveries, newest first."""
+        with self.sessions() as session:
+            events = webhook_store.list_events(session, status, since, limit)
+            return DeliveryListView(data=[delivery_view(event) for event in events])
+
+    def get_delivery(self, event_id: uuid.UUID) -> DeliveryDetailView:
+        """One delivery with its attempts."""
+        with self.sessions() as session:
+            event = webhook_store.get_event(session, event_id)
+            if event is None:
+                raise DeliveryNotFoundError(str(event_id))
+            attempts = webhook_store.list_attempts(session, event_id)
+            return DeliveryDetailView(
+                **delivery_view(event).model_dump(),
+                attempts=[delivery_attempt_view(attempt) for attempt in attempts],
+            )
+
+    def redeliver(self, event_id: uuid.UUID) -> DeliveryView:
+        """Queue a delivered or failed event again, with a fresh retry schedule."""
+        with unit_of_work(self.sessions) as session:
+            event = webhook_store.get_event(session, event_id)
+            if event is None:
+                raise DeliveryNotFoundError(str(event_id))
+            if not webhook_store.redeliver_event(session, event_id):
+                raise DeliveryPendingError(str(event_id))
+            event = webhook_store.get_event(session, event_id, fresh=True)
+            assert event is not None
+            return delivery_view(event)
+
+    def redeliver_failed_since(self, since: datetime) -> list[uuid.UUID]:
+        """Queue again every failed event created since `since`."""
+        with unit_of_work(self.sessions) as session:
+            return webhook_store.redeliver_failed_since(session, since)
