@@ -216,9 +216,8 @@ class ApiServer:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        config = uvicorn.Config(
-            build_api(settings), host="127.0.0.1", port=self.port, log_level="warning"
-        )
+        self.app = build_api(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -230,6 +229,7 @@ class ApiServer:
         self.client.close()
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        self.app.state.engine.dispose()
 
 
 @pytest.fixture

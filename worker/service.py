@@ -97,6 +97,8 @@ def build_api(settings: Settings) -> FastAPI:
             producer, _event_reader(settings), settings.redis_prefix, settings.events_idle_s
         )
     )
+    # Whoever serves the app disposes the pool when it stops (tests run many APIs in one process).
+    api.state.engine = sessions.kw["bind"]
     return api
 
 
