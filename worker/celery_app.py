@@ -61,6 +61,15 @@ def broker_key_prefix(settings: Settings) -> str:
     return f"{settings.redis_prefix}:"
 
 
+def restore_sweep_s(visibility_timeout_s: float) -> float:
+    """How often each worker looks for messages whose consumer died before acknowledging them.
+
+    kombu scans only on every 10th tick of a 10 s timer by default, so a message a dead worker
+    had taken waited up to 100 s past its visibility timeout; a scan is one ZRANGE, so scan
+    several times per visibility timeout, at most every 10 s and at least every second."""
+    return min(10.0, max(1.0, visibility_timeout_s / 4))
+
+
 def create_celery_app(settings: Settings) -> Celery:
     """A configured app; the task module registers itself on import."""
     _tolerate_lost_channel()
@@ -85,6 +94,8 @@ def create_celery_app(settings: Settings) -> Celery:
         broker_transport_options={
             "global_keyprefix": broker_key_prefix(settings),
             "visibility_timeout": settings.visibility_timeout_s,
+            "unacked_restore_interval": restore_sweep_s(settings.visibility_timeout_s),
+            "unacked_restore_throttle": 1,
             # Check queues in the listed order: high, normal, low.
             "queue_order_strategy": "priority",
         },
