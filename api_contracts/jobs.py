@@ -35,6 +35,26 @@ class InvalidFieldError(ValueError):
         self.reason = message
 
 
+# A week: longer than any single LLM call or reasonable wait, short enough to catch typos in ms.
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+
+
+class JobTimeouts(BaseModel):
+    """Per-job limits, each falling back to the deployment's setting when absent.
+
+    `connect_s` and `read_s` bound one socket operation (reasoning models can think for minutes
+    before the first byte, so raise `read_s` for them); `call_s` bounds one whole call, however
+    the bytes trickle in; `total_s` bounds the job from submission, queueing and retries
+    included: past it the job fails with `deadline_exceeded`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connect_s: float | None = Field(default=None, gt=0, le=600)
+    read_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
+    call_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
+    total_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
+
+
 class JobSubmitRequest(BaseModel):
     """What a caller sends to `POST /v1/jobs` (and what Python producers pass to `submit`)."""
 
@@ -52,6 +72,7 @@ class JobSubmitRequest(BaseModel):
     # Continue a succeeded job: a response job chains on its upstream response
     # (`previous_response_id`); a chat job gets its messages and assistant turn prepended.
     parent_job_id: UUID | None = None
+    timeouts: JobTimeouts | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -158,7 +179,7 @@ class AttemptView(BaseModel):
     number: int
     started_at: datetime
     finished_at: datetime | None
-    outcome: Literal["running", "succeeded", "failed", "retry", "lost"]
+    outcome: Literal["running", "succeeded", "failed", "retry", "lost", "cancelled"]
     status_code: int | None
     error_type: str | None
     error_message: str | None
@@ -194,6 +215,13 @@ class JobView(BaseModel):
     cancel_requested: bool = False
     # The webhook events of this job (one once it has ended, when it has a callback_url).
     deliveries: list[DeliveryView] = Field(default_factory=list)
+    # The request as stored: the caller's body (the `model` it runs with is above) and, for a
+    # follow-up (`parent_job_id`), the parent's history expanded into it. Optional, so consumers
+    # of older views keep working.
+    request: dict[str, Any] | None = None
+    # The caller's own limits (absent ones are the deployment's) and when the job must be done by.
+    timeouts: JobTimeouts | None = None
+    deadline_at: datetime | None = None
 
 
 class JobListView(BaseModel):

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api_contracts.jobs import JobKind, Priority
+from api_contracts.jobs import JobKind, JobTimeouts, Priority
 
 # The Celery task that consumes these messages; producers without Python send it by name.
 RUN_JOB_TASK = "gmiq.run_job"
@@ -29,3 +29,5 @@ class JobMessage(BaseModel):
     idempotency_key: str | None = None
     callback_url: str | None = None
     submitted_at: datetime | None = None
+    # `timeouts.total_s` counts from `submitted_at` (from when the worker sees it if absent).
+    timeouts: JobTimeouts | None = None

@@ -39,6 +39,7 @@ from worker.stream_parsing import (
     measure_attempt,
     merge_updates,
 )
+from worker.timeouts import CallLimits, call_limits, deadline_error, retry_outlives_deadline
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,12 @@ class RetryConfig:
 
 
 class InFlight:
-    """The ids of the jobs this process is running, for the lease heartbeat."""
+    """The ids of the jobs this process is running, for the lease heartbeat, and which of them
+    their callers cancelled (the heartbeat learns it; streamed calls stop on it)."""
 
     def __init__(self) -> None:
         self._ids: set[uuid.UUID] = set()
+        self._cancelled: set[uuid.UUID] = set()
         self._lock = threading.Lock()
 
     def add(self, job_id: uuid.UUID) -> None:
@@ -66,6 +69,15 @@ class InFlight:
     def discard(self, job_id: uuid.UUID) -> None:
         with self._lock:
             self._ids.discard(job_id)
+            self._cancelled.discard(job_id)
+
+    def cancel(self, job_ids: list[uuid.UUID]) -> None:
+        with self._lock:
+            self._cancelled.update(job_id for job_id in job_ids if job_id in self._ids)
+
+    def is_cancelled(self, job_id: uuid.UUID) -> bool:
+        with self._lock:
+            return job_id in self._cancelled
 
     def snapshot(self) -> list[uuid.UUID]:
         with self._lock:
@@ -99,35 +111,53 @@ class JobRunner:
                 claim.id, [state_event(JobStateEvent(status="running", attempt=claim.attempt))]
             )
             path, body = build_upstream_request(claim.kind, claim.request, claim.model)  # type: ignore[arg-type]
+            limits = call_limits(self.client.limits, claim.timeouts, claim.time_left_s)
+            expires = None if claim.time_left_s is None else self.clock() + claim.time_left_s
             if claim.request.get("stream") is True:
-                outcome = self._call_streamed(claim, path, body)
+                outcome = self._call_streamed(claim, path, body, limits, expires)
             else:
                 try:
-                    reply: UpstreamReply | UpstreamTransportError = self.client.post(path, body)
+                    reply: UpstreamReply | UpstreamTransportError = self.client.post(
+                        path, body, limits
+                    )
                 except UpstreamTransportError as exc:
                     reply = exc
-                outcome = self._record(claim, reply)
+                outcome = self._record(claim, reply, expires=expires)
             self._announce(claim, outcome)
             return outcome
         finally:
             self.in_flight.discard(claim.id)
 
-    def _call_streamed(self, claim: repository.ClaimedJob, path: str, body: bytes) -> str:
+    def _call_streamed(
+        self,
+        claim: repository.ClaimedJob,
+        path: str,
+        body: bytes,
+        limits: CallLimits,
+        expires: float | None,
+    ) -> str:
         """Read the answer as it streams, publishing deltas; a broken stream is retried whole
         (nothing of it is kept), like a transport error."""
-        relay = _StreamRelay(make_assembler(claim.kind), claim, self._publish, self.clock)
+        relay = _StreamRelay(
+            make_assembler(claim.kind), claim, self._publish, self.clock, self.in_flight
+        )
         started = self.clock()
         try:
-            reply = self.client.stream(path, body, relay.feed)
+            reply = self.client.stream(path, body, relay.feed, limits)
             if classify_status(reply.status_code, reply.headers) != "succeeded":
-                return self._record(claim, reply)
+                return self._record(claim, reply, expires=expires)
             result = relay.assembler.finish()
         except UpstreamTransportError as exc:
-            return self._record(claim, exc, relay.timing(started, self.clock(), None))
+            timing = relay.timing(started, self.clock(), None)
+            return self._record(claim, exc, timing, expires)
         except StreamError as exc:
             error = _error(exc.error_type, str(exc), None)
             timing = relay.timing(started, self.clock(), None)
-            return self._retry_or_fail(claim, error, exc.retryable, None, timing)
+            return self._retry_or_fail(claim, error, exc.retryable, None, timing, expires)
+        except CallCancelledError:
+            with unit_of_work(self.sessions) as session:
+                stored = repository.record_cancelled(session, claim, self.worker_id)
+            return "cancelled" if stored else "superseded"
         finished = self.clock()
         try:
             parsed = parse_result(claim.kind, result)  # type: ignore[arg-type]
@@ -143,7 +173,7 @@ class JobRunner:
     def _announce(self, claim: repository.ClaimedJob, outcome: str) -> None:
         """Tell followers where the job now stands; a terminal state adds the final event,
         whose view the events API reads from Postgres when it delivers it."""
-        if self.events is None or outcome not in ("succeeded", "failed", "retrying"):
+        if self.events is None or outcome not in ("succeeded", "failed", "retrying", "cancelled"):
             return
         if outcome == "succeeded":  # the common case needs no read
             done = JobStateEvent(status="succeeded", attempt=claim.attempt)
@@ -180,6 +210,7 @@ class JobRunner:
         claim: repository.ClaimedJob,
         reply: UpstreamReply | UpstreamTransportError,
         timing: AttemptTiming | None = None,
+        expires: float | None = None,
     ) -> str:
         if (
             isinstance(reply, UpstreamReply)
@@ -194,7 +225,7 @@ class JobRunner:
             timing = measure_attempt(0.0, None, reply.elapsed_s, _output_tokens(parsed))
             return self._store_success(claim, reply.status_code, result, parsed, timing)
         error, retryable, retry_after = _describe_failure(reply)
-        return self._retry_or_fail(claim, error, retryable, retry_after, timing)
+        return self._retry_or_fail(claim, error, retryable, retry_after, timing, expires)
 
     def _store_success(
         self,
@@ -206,10 +237,15 @@ class JobRunner:
     ) -> str:
         with unit_of_work(self.sessions) as session:
             stored = repository.record_success(
-                session, claim, self.worker_id, status_code, result, parsed
+                session,
+                claim,
+                self.worker_id,
+                status_code,
+                result,
+                parsed,
+                timing.first_token_s,
+                timing.tokens_per_s,
             )
-            if stored:
-                _store_timing(session, claim, timing)
         return "succeeded" if stored else "superseded"
 
     def _retry_or_fail(
@@ -219,7 +255,10 @@ class JobRunner:
         retryable: bool,
         retry_after: float | None,
         timing: AttemptTiming | None = None,
+        expires: float | None = None,
     ) -> str:
+        """Schedule the next attempt, or fail: out of attempts, not worth retrying, or (given
+        the job's deadline at `expires`, on this process' clock) out of time."""
         decision = decide_after_failure(
             claim.attempt,
             self.retry.max_attempts,
@@ -231,6 +270,10 @@ class JobRunner:
         )
         if decision.verdict == "fail":
             return self._fail(claim, error, timing)
+        time_left = None if expires is None else expires - self.clock()
+        if retry_outlives_deadline(decision.delay_s, time_left):
+            total_s = (claim.timeouts or {}).get("total_s")
+            return self._fail(claim, deadline_error(total_s, error), timing)
         with unit_of_work(self.sessions) as session:
             stored = repository.record_retry(
                 session, claim, self.worker_id, error, decision.delay_s, decision.reason
@@ -252,6 +295,10 @@ class JobRunner:
         return "failed" if stored else "superseded"
 
 
+class CallCancelledError(Exception):
+    """The caller cancelled the job while its call was streaming."""
+
+
 @dataclass
 class _StreamRelay:
     """Feeds the upstream body to the assembler; what each read makes visible is published to
@@ -261,9 +308,13 @@ class _StreamRelay:
     claim: repository.ClaimedJob
     publish: Callable[[uuid.UUID, list[NamedEvent]], None]
     clock: Callable[[], float]
+    in_flight: InFlight
     first_token_at: float | None = None
 
     def feed(self, chunk: bytes) -> None:
+        # Between chunks is a safe point: nothing of the call is kept yet.
+        if self.in_flight.is_cancelled(self.claim.id):
+            raise CallCancelledError
         updates = self.assembler.feed(chunk)
         if not updates:
             return

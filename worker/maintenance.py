@@ -13,6 +13,7 @@ from redis import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from api_contracts.jobs import JobTimeouts
 from api_contracts.messages import JobMessage
 from worker import repository
 from worker.db import unit_of_work
@@ -36,6 +37,7 @@ def message_for(job: Job) -> JobMessage:
         idempotency_key=job.idempotency_key,
         callback_url=job.callback_url,
         submitted_at=job.created_at,
+        timeouts=JobTimeouts.model_validate(job.timeouts) if job.timeouts else None,
     )
 
 
@@ -52,11 +54,13 @@ class Maintenance:
     redispatch_after_s: float
 
     def renew_leases(self) -> int:
-        """Tell Postgres this worker still runs its jobs."""
+        """Tell Postgres this worker still runs its jobs, and learn which were cancelled."""
         with unit_of_work(self.sessions) as session:
-            return repository.renew_leases(
+            cancelled = repository.renew_leases(
                 session, self.in_flight.snapshot(), self.worker_id, self.lease_s
             )
+        self.in_flight.cancel(cancelled)
+        return len(cancelled)
 
     def release_in_flight(self) -> int:
         """Hand this worker's running jobs back to the queue."""
@@ -64,9 +68,12 @@ class Maintenance:
             return repository.release_jobs(session, self.in_flight.snapshot(), self.worker_id)
 
     def reap(self) -> int:
-        """Requeue (or fail) jobs whose worker stopped renewing their lease."""
+        """Requeue (or fail) jobs whose worker stopped renewing their lease, and fail waiting
+        jobs whose deadline has passed."""
         with unit_of_work(self.sessions) as session:
-            return len(repository.reap_expired_leases(session, self.max_lost_attempts, BATCH))
+            reaped = repository.reap_expired_leases(session, self.max_lost_attempts, BATCH)
+            expired = repository.expire_overdue_jobs(session, BATCH)
+            return len(reaped) + len(expired)
 
     def dispatch(self) -> int:
         """Publish jobs that are due: retries whose wait is over, reaped jobs, lost publishes.

@@ -60,6 +60,10 @@ class Job(Base):
     next_attempt_at: Mapped[datetime | None] = _ts()
     # A running job whose lease runs out has lost its worker.
     lease_expires_at: Mapped[datetime | None] = _ts()
+    # The caller's per-job timeouts (`JobTimeouts`), None for the deployment's defaults.
+    timeouts: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # Submission time plus `timeouts.total_s`: past it the job fails `deadline_exceeded`.
+    deadline_at: Mapped[datetime | None] = _ts()
 
     __table_args__ = (
         CheckConstraint("kind IN ('chat', 'response')", name="job_kind_valid"),
@@ -86,6 +90,13 @@ class Job(Base):
             "ix_job_lease",
             "lease_expires_at",
             postgresql_where=text("status = 'running'"),
+        ),
+        Index(
+            "ix_job_deadline",
+            "deadline_at",
+            postgresql_where=text(
+                "deadline_at IS NOT NULL AND status IN ('queued', 'retrying', 'running')"
+            ),
         ),
     )
 

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,9 +22,8 @@ from api_contracts.messages import JobMessage
 from worker import repository, webhook_store
 from worker.callbacks import CallbackPolicy
 from worker.db import unit_of_work
-from worker.models import Job
 from worker.payloads import continue_request
-from worker.views import job_view
+from worker.views import Row, job_view
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,16 @@ def message_for_submission(
         idempotency_key=submission.idempotency_key,
         callback_url=submission.callback_url,
         submitted_at=datetime.now(UTC),
+        timeouts=submission.timeouts,
     )
 
 
-def encode_cursor(job: Job) -> str:
-    """An opaque cursor naming the last job of a page."""
-    raw = f"{job.created_at.isoformat()}|{job.id}"
+def encode_cursor(job: Row) -> str:
+    """An opaque cursor naming the last job of a page (a row by column name)."""
+    created_at: Any = job["created_at"]
+    if isinstance(created_at, datetime):
+        created_at = created_at.isoformat()
+    raw = f"{created_at}|{job['id']}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
@@ -87,14 +91,15 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise InvalidCursorError("cursor is not one this API issued") from exc
 
 
-def _same_submission(job: Job, message: JobMessage) -> bool:
+def _same_submission(job: Row, message: JobMessage) -> bool:
     return (
-        job.kind == message.kind
-        and job.request == message.request
-        and job.model == message.model
-        and (job.meta or {}) == message.metadata
-        and job.priority == message.priority
-        and job.callback_url == message.callback_url
+        job["kind"] == message.kind
+        and job["request"] == message.request
+        and job["model"] == message.model
+        and (job["metadata"] or {}) == message.metadata
+        and job["priority"] == message.priority
+        and job["callback_url"] == message.callback_url
+        and job["timeouts"] == repository.stored_timeouts(message.timeouts)
     )
 
 
@@ -123,23 +128,24 @@ class JobProducer:
             inserted = repository.insert_job(
                 session, repository.NewJob.from_message(message), self.redispatch_after_s
             )
-            if not inserted:
+            if inserted is None:
                 return self._existing(session, message), False
             if sealed_secret is not None:
                 webhook_store.save_callback_secret(session, message.job_id, sealed_secret)
         self._publish_or_defer(message)
-        return self.get(message.job_id), True
+        # The row as inserted is the view (a new job has no children): no read-back.
+        return job_view(inserted), True
 
     def _existing(self, session: Session, message: JobMessage) -> JobView:
         assert message.idempotency_key is not None
-        job = repository.find_job_by_idempotency_key(session, message.idempotency_key)
-        if job is None:  # pragma: no cover - the insert conflicted on something that vanished
+        record = repository.find_job_by_idempotency_key(session, message.idempotency_key)
+        if record is None:  # pragma: no cover - the insert conflicted on something that vanished
             raise IdempotencyConflictError("idempotency key raced with a deletion")
-        if not _same_submission(job, message):
+        if not _same_submission(record["job"], message):
             raise IdempotencyConflictError(
                 "idempotency_key was already used with a different submission"
             )
-        return self._view(session, job)
+        return _view(record)
 
     def _publish_or_defer(self, message: JobMessage) -> None:
         try:
@@ -184,23 +190,19 @@ class JobProducer:
     def get(self, job_id: uuid.UUID) -> JobView:
         """The job's current view."""
         with self.sessions() as session:
-            job = repository.get_job(session, job_id)
-            if job is None:
-                raise JobNotFoundError(str(job_id))
-            return self._view(session, job)
-
-    def _view(self, session: Session, job: Job) -> JobView:
-        return _views(session, [job])[0]
+            record = repository.get_job_record(session, job_id)
+        if record is None:
+            raise JobNotFoundError(str(job_id))
+        return _view(record)
 
     def list(self, status: str | None, limit: int, cursor: str | None) -> JobListView:
         """A page of jobs, newest first."""
         before = decode_cursor(cursor) if cursor else None
         with self.sessions() as session:
-            jobs = repository.list_jobs(session, status, limit + 1, before)
-            page = list(jobs[:limit])
-            views = _views(session, page)
-        next_cursor = encode_cursor(page[-1]) if len(jobs) > limit and page else None
-        return JobListView(data=views, next_cursor=next_cursor)
+            records = repository.list_jobs(session, status, limit + 1, before)
+        page = records[:limit]
+        next_cursor = encode_cursor(page[-1]["job"]) if len(records) > limit and page else None
+        return JobListView(data=[_view(record) for record in page], next_cursor=next_cursor)
 
     def cancel(self, job_id: uuid.UUID) -> JobView:
         """Cancel a job that has not started (it never runs); a running one is flagged and
@@ -224,15 +226,11 @@ class JobProducer:
             time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
 
 
-def _views(session: Session, jobs: list[Job]) -> list[JobView]:
-    children = repository.load_children(session, [job.id for job in jobs])
-    return [
-        job_view(
-            job,
-            children.tool_calls[job.id],
-            children.usages.get(job.id),
-            children.attempts[job.id],
-            children.deliveries.get(job.id, []),
-        )
-        for job in jobs
-    ]
+def _view(record: repository.JobRecord) -> JobView:
+    return job_view(
+        record["job"],
+        record["tool_calls"],
+        record["usage"],
+        record["attempts"],
+        record["deliveries"],
+    )

@@ -5,24 +5,44 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypedDict
 
-from sqlalchemy import and_, case, func, insert, or_, select, text, update
+import orjson
+from sqlalchemy import (
+    Double,
+    Integer,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from api_contracts.jobs import JobTimeouts
 from api_contracts.messages import JobMessage
 from worker import webhook_store
-from worker.models import Attempt, Job, ToolCall, Usage
+from worker.models import Attempt, Job
 from worker.payloads import ParsedResult
-from worker.webhook_models import WebhookEvent
+from worker.timeouts import deadline_error
 
 _ACTIVE = ("queued", "retrying")
 
 
-def _seconds(value: float) -> Any:
+def _seconds(value: Any) -> Any:
     return func.make_interval(0, 0, 0, 0, 0, 0, value)
 
 
@@ -38,6 +58,8 @@ class NewJob:
     metadata: dict[str, Any]
     idempotency_key: str | None
     callback_url: str | None
+    timeouts: dict[str, Any] | None = None
+    deadline_at: datetime | None = None
 
     @classmethod
     def from_message(cls, message: JobMessage) -> NewJob:
@@ -51,7 +73,23 @@ class NewJob:
             metadata=message.metadata,
             idempotency_key=message.idempotency_key,
             callback_url=message.callback_url,
+            timeouts=stored_timeouts(message.timeouts),
+            deadline_at=deadline_for(message.timeouts, message.submitted_at),
         )
+
+
+def stored_timeouts(timeouts: JobTimeouts | None) -> dict[str, Any] | None:
+    """The timeouts a caller set, as stored and compared (None when they set none)."""
+    if timeouts is None:
+        return None
+    return timeouts.model_dump(exclude_none=True) or None
+
+
+def deadline_for(timeouts: JobTimeouts | None, submitted_at: datetime | None) -> datetime | None:
+    """When a job must be finished by; from now when the message does not say when it was sent."""
+    if timeouts is None or timeouts.total_s is None:
+        return None
+    return (submitted_at or datetime.now(UTC)) + timedelta(seconds=timeouts.total_s)
 
 
 @dataclass(frozen=True)
@@ -63,15 +101,19 @@ class ClaimedJob:
     model: str
     request: dict[str, Any]
     attempt: int
+    timeouts: dict[str, Any] | None = None
+    # Seconds left before the job's deadline, by Postgres' clock at the claim; None: no deadline.
+    time_left_s: float | None = None
 
 
-def insert_job(session: Session, job: NewJob, publish_delay_s: float) -> bool:
-    """Insert a queued job unless its id or idempotency key exists; True if inserted.
+def insert_job(session: Session, job: NewJob, publish_delay_s: float) -> dict[str, Any] | None:
+    """Insert a queued job unless its id or idempotency key exists; returns the new row by
+    column name (as its view needs it), or None if nothing was inserted.
 
     `next_attempt_at` is when the dispatcher publishes it again if nobody has claimed it.
     """
     statement = (
-        pg_insert(Job)
+        pg_insert(_JOB)
         .values(
             id=job.id,
             kind=job.kind,
@@ -79,15 +121,18 @@ def insert_job(session: Session, job: NewJob, publish_delay_s: float) -> bool:
             model=job.model,
             priority=job.priority,
             request=job.request,
-            meta=job.metadata,
+            metadata=job.metadata,
             idempotency_key=job.idempotency_key,
             callback_url=job.callback_url,
+            timeouts=job.timeouts,
+            deadline_at=job.deadline_at,
             next_attempt_at=func.now() + _seconds(publish_delay_s),
         )
         .on_conflict_do_nothing()
-        .returning(Job.id)
+        .returning(*_JOB.c)
     )
-    return session.execute(statement).first() is not None
+    row = session.execute(statement).first()
+    return None if row is None else dict(row._mapping)
 
 
 def mark_due_now(session: Session, job_id: uuid.UUID) -> None:
@@ -104,9 +149,10 @@ def get_job(session: Session, job_id: uuid.UUID) -> Job | None:
     return session.get(Job, job_id)
 
 
-def find_job_by_idempotency_key(session: Session, key: str) -> Job | None:
-    """The job first submitted with this key, or None."""
-    return session.scalars(select(Job).where(Job.idempotency_key == key)).first()
+def find_job_by_idempotency_key(session: Session, key: str) -> JobRecord | None:
+    """The job first submitted with this key, with its children, or None."""
+    found = _job_records(session, _JOB.c.idempotency_key == key)
+    return found[0] if found else None
 
 
 def list_jobs(
@@ -114,85 +160,109 @@ def list_jobs(
     status: str | None,
     limit: int,
     before: tuple[datetime, uuid.UUID] | None,
-) -> Sequence[Job]:
-    """Newest first, keyset-paginated on (created_at, id) so pages never skip or repeat."""
-    query = select(Job)
+) -> list[JobRecord]:
+    """Newest first, keyset-paginated on (created_at, id) so pages never skip or repeat; each
+    job comes with its children, all in one statement."""
+    job = _JOB.c
+    conditions: list[Any] = []
     if status is not None:
-        query = query.where(Job.status == status)
+        conditions.append(job.status == status)
     if before is not None:
         created_at, job_id = before
-        query = query.where(
-            or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < job_id))
+        conditions.append(
+            or_(job.created_at < created_at, and_(job.created_at == created_at, job.id < job_id))
         )
-    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
-    return session.scalars(query).all()
+    return _job_records(
+        session, *conditions, order_by=(job.created_at.desc(), job.id.desc()), limit=limit
+    )
 
 
-@dataclass
-class JobChildren:
-    """The rows hanging off a page of jobs, by job id."""
-
-    tool_calls: dict[uuid.UUID, list[ToolCall]]
-    usages: dict[uuid.UUID, Usage]
-    attempts: dict[uuid.UUID, list[Attempt]]
-    deliveries: dict[uuid.UUID, list[WebhookEvent]] = field(default_factory=dict)
+# The hot statements below are Core, on tables: no ORM bookkeeping per execution.
+_tables = Job.metadata.tables
 
 
-def load_children(session: Session, job_ids: Sequence[uuid.UUID]) -> JobChildren:
-    """Tool calls and attempts (in order) and usage for a page of jobs, in three queries."""
-    calls: dict[uuid.UUID, list[ToolCall]] = {job_id: [] for job_id in job_ids}
-    usages: dict[uuid.UUID, Usage] = {}
-    attempts: dict[uuid.UUID, list[Attempt]] = {job_id: [] for job_id in job_ids}
-    children = JobChildren(calls, usages, attempts)
-    if not job_ids:
-        return children
-    for call in session.scalars(
-        select(ToolCall).where(ToolCall.job_id.in_(job_ids)).order_by(ToolCall.position)
-    ):
-        calls[call.job_id].append(call)
-    for usage in session.scalars(select(Usage).where(Usage.job_id.in_(job_ids))):
-        usages[usage.job_id] = usage
-    for attempt in session.scalars(
-        select(Attempt).where(Attempt.job_id.in_(job_ids)).order_by(Attempt.number)
-    ):
-        attempts[attempt.job_id].append(attempt)
-    children.deliveries = webhook_store.load_events(session, job_ids)
-    return children
+def _build_claim() -> Any:
+    # Built once: constructing a CTE statement costs more CPU than running it. Parameters are
+    # named `b_*` because Core DML takes a parameter named like a column as a value to SET.
+    job = _tables["job"]
+    claimed = (
+        update(job)
+        .where(
+            job.c.id == bindparam("b_job_id"),
+            job.c.status.in_(_ACTIVE),
+            job.c.cancel_requested.is_(False),
+            # An overdue job is failed by `expire_overdue_jobs`, not called.
+            or_(job.c.deadline_at.is_(None), job.c.deadline_at > func.now()),
+        )
+        .values(
+            status="running",
+            attempt_count=job.c.attempt_count + 1,
+            started_at=func.coalesce(job.c.started_at, func.now()),
+            updated_at=func.now(),
+            next_attempt_at=None,
+            lease_expires_at=func.now() + _seconds(bindparam("b_lease_s", type_=Double)),
+            worker_id=bindparam("b_worker_id", type_=Text),
+        )
+        .returning(
+            job.c.id,
+            job.c.kind,
+            job.c.model,
+            job.c.request,
+            job.c.attempt_count,
+            job.c.timeouts,
+            func.extract("epoch", job.c.deadline_at - func.now()).label("time_left_s"),
+        )
+        .cte("claimed")
+    )
+    opened = (
+        insert(_tables["attempt"])
+        .from_select(
+            ["job_id", "number", "worker_id", "started_at", "outcome"],
+            select(
+                claimed.c.id,
+                claimed.c.attempt_count,
+                bindparam("b_worker_id", type_=Text),
+                func.now(),
+                literal("running", Text),
+            ),
+        )
+        .cte("opened")
+    )
+    return select(claimed).add_cte(opened)
+
+
+_CLAIM = _build_claim()
 
 
 def claim_job(
     session: Session, job_id: uuid.UUID, worker_id: str, lease_s: float
 ) -> ClaimedJob | None:
-    """Move a queued or retrying job to running and open its next attempt; None if not ours.
+    """Move a queued or retrying job to running and open its next attempt, in one statement;
+    None if not ours.
 
     The status guard makes a duplicated or redelivered message a no-op.
     """
-    row = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_(_ACTIVE), Job.cancel_requested.is_(False))
-        .values(
-            status="running",
-            attempt_count=Job.attempt_count + 1,
-            started_at=func.coalesce(Job.started_at, func.now()),
-            updated_at=func.now(),
-            next_attempt_at=None,
-            lease_expires_at=func.now() + _seconds(lease_s),
-            worker_id=worker_id,
-        )
-        .returning(Job.id, Job.kind, Job.model, Job.request, Job.attempt_count)
-    ).first()
+    row = (
+        session.connection()
+        .execute(_CLAIM, {"b_job_id": job_id, "b_worker_id": worker_id, "b_lease_s": lease_s})
+        .first()
+    )
     if row is None:
         return None
-    session.execute(
-        insert(Attempt).values(
-            job_id=job_id,
-            number=row.attempt_count,
-            worker_id=worker_id,
-            started_at=func.now(),
-            outcome="running",
-        )
+    time_left = None if row.time_left_s is None else float(row.time_left_s)
+    return ClaimedJob(
+        row.id, row.kind, row.model, row.request, row.attempt_count, row.timeouts, time_left
     )
-    return ClaimedJob(row.id, row.kind, row.model, row.request, row.attempt_count)
+
+
+def _held(claim: ClaimedJob, worker_id: str) -> tuple[Any, ...]:
+    """The job is still running this worker's attempt (not reaped, not superseded)."""
+    return (
+        Job.id == claim.id,
+        Job.status == "running",
+        Job.worker_id == worker_id,
+        Job.attempt_count == claim.attempt,
+    )
 
 
 def _finish_job(
@@ -201,12 +271,7 @@ def _finish_job(
     """Update the job only while this worker still holds this attempt."""
     row = session.execute(
         update(Job)
-        .where(
-            Job.id == claim.id,
-            Job.status == "running",
-            Job.worker_id == worker_id,
-            Job.attempt_count == claim.attempt,
-        )
+        .where(*_held(claim, worker_id))
         .values(updated_at=func.now(), lease_expires_at=None, **values)
         .returning(Job.id)
     ).first()
@@ -223,6 +288,93 @@ def _close_attempt(
     )
 
 
+_USAGE_COLUMNS = (
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+)
+
+
+def _build_record_success(with_usage: bool) -> Any:
+    # Built once per shape; see `_build_claim`.
+    job, attempt = _tables["job"], _tables["attempt"]
+    done = (
+        update(job)
+        .where(
+            job.c.id == bindparam("b_job_id"),
+            job.c.status == "running",
+            job.c.worker_id == bindparam("b_worker_id", type_=Text),
+            job.c.attempt_count == bindparam("b_attempt", type_=Integer),
+        )
+        .values(
+            status="succeeded",
+            finished_at=func.now(),
+            updated_at=func.now(),
+            lease_expires_at=None,
+            result=bindparam("b_result", type_=JSONB),
+            output_text=bindparam("b_output_text", type_=Text),
+            error=None,
+        )
+        .returning(job.c.id, job.c.callback_url)
+        .cte("done")
+    )
+    closed = (
+        update(attempt)
+        .where(
+            attempt.c.job_id.in_(select(done.c.id)),
+            attempt.c.number == bindparam("b_attempt", type_=Integer),
+        )
+        .values(
+            outcome="succeeded",
+            finished_at=func.now(),
+            status_code=bindparam("b_status_code", type_=Integer),
+            time_to_first_token_s=bindparam("b_first_token_s", type_=Double),
+            tokens_per_s=bindparam("b_tokens_per_s", type_=Double),
+        )
+        .cte("closed")
+    )
+    announced = (
+        pg_insert(_tables["webhook_event"])
+        .from_select(
+            ["id", "job_id", "type", "url", "next_attempt_at"],
+            select(
+                bindparam("b_event_id", type_=PG_UUID(as_uuid=True)),
+                done.c.id,
+                literal("job.succeeded", Text),
+                done.c.callback_url,
+                func.now(),
+            ).where(done.c.callback_url.is_not(None)),
+        )
+        .on_conflict_do_nothing()
+        .cte("announced")
+    )
+    parts = [closed, announced]
+    if with_usage:
+        types = (Text, Integer, Integer, Integer, Integer, Integer)
+        parts.append(
+            pg_insert(_tables["usage"])
+            .from_select(
+                ["job_id", *_USAGE_COLUMNS],
+                select(
+                    done.c.id,
+                    *(
+                        bindparam(f"b_{name}", type_=type_)
+                        for name, type_ in zip(_USAGE_COLUMNS, types, strict=True)
+                    ),
+                ),
+            )
+            .on_conflict_do_nothing()
+            .cte("counted")
+        )
+    return select(func.count()).select_from(done).add_cte(*parts)
+
+
+_RECORD_SUCCESS = {True: _build_record_success(True), False: _build_record_success(False)}
+
+
 def record_success(
     session: Session,
     claim: ClaimedJob,
@@ -230,58 +382,48 @@ def record_success(
     status_code: int,
     result: dict[str, Any],
     parsed: ParsedResult,
+    first_token_s: float | None = None,
+    tokens_per_s: float | None = None,
 ) -> bool:
-    """Store the body, text, tool calls and usage, and mark the job succeeded; False if the
-    attempt was no longer ours (it was reaped), in which case nothing is written."""
-    if not _finish_job(
-        session,
-        claim,
-        worker_id,
-        {
-            "status": "succeeded",
-            "finished_at": func.now(),
-            "result": result,
-            "output_text": parsed.output_text,
-            "error": None,
-        },
-    ):
-        return False
-    _close_attempt(session, claim, "succeeded", {"status_code": status_code})
-    if parsed.tool_calls:
-        session.execute(
-            pg_insert(ToolCall)
-            .values(
-                [
-                    {
-                        "job_id": claim.id,
-                        "position": position,
-                        "call_id": call.call_id,
-                        "type": call.type,
-                        "name": call.name,
-                        "arguments": call.arguments,
-                        "arguments_raw": call.arguments_raw,
-                    }
-                    for position, call in enumerate(parsed.tool_calls)
-                ]
-            )
-            .on_conflict_do_nothing()
-        )
+    """Store the body, text, tool calls and usage, close the attempt with its timing, make the
+    webhook event, and mark the job succeeded; False if the attempt was no longer ours (it was
+    reaped), in which case nothing is written.
+
+    One statement (tool calls aside): every part hangs off the guarded job update, so either
+    all of it is written or none, in one round trip."""
+    params: dict[str, Any] = {
+        "b_job_id": claim.id,
+        "b_worker_id": worker_id,
+        "b_attempt": claim.attempt,
+        "b_result": result,
+        "b_output_text": parsed.output_text,
+        "b_status_code": status_code,
+        "b_first_token_s": first_token_s,
+        "b_tokens_per_s": tokens_per_s,
+        "b_event_id": uuid.uuid4(),
+    }
     if parsed.usage is not None:
-        usage = parsed.usage
-        session.execute(
-            pg_insert(Usage)
-            .values(
-                job_id=claim.id,
-                model=usage.model,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                total_tokens=usage.total_tokens,
-                cached_tokens=usage.cached_tokens,
-                reasoning_tokens=usage.reasoning_tokens,
-            )
-            .on_conflict_do_nothing()
+        params |= {f"b_{name}": getattr(parsed.usage, name) for name in _USAGE_COLUMNS}
+    connection = session.connection()
+    statement = _RECORD_SUCCESS[parsed.usage is not None]
+    if not connection.execute(statement, params).scalar_one():
+        return False
+    if parsed.tool_calls:
+        connection.execute(
+            pg_insert(_tables["tool_call"]).on_conflict_do_nothing(),
+            [
+                {
+                    "job_id": claim.id,
+                    "position": position,
+                    "call_id": call.call_id,
+                    "type": call.type,
+                    "name": call.name,
+                    "arguments": call.arguments,
+                    "arguments_raw": call.arguments_raw,
+                }
+                for position, call in enumerate(parsed.tool_calls)
+            ],
         )
-    webhook_store.create_job_event(session, claim.id)
     return True
 
 
@@ -297,6 +439,22 @@ def record_failure(
     ):
         return False
     _close_attempt(session, claim, "failed", _attempt_error(error))
+    webhook_store.create_job_event(session, claim.id)
+    return True
+
+
+def record_cancelled(session: Session, claim: ClaimedJob, worker_id: str) -> bool:
+    """End a running job its caller cancelled, mid-call: nothing of the call is kept."""
+    if not _finish_job(
+        session, claim, worker_id, {"status": "cancelled", "finished_at": func.now()}
+    ):
+        return False
+    _close_attempt(
+        session,
+        claim,
+        "cancelled",
+        {"error_type": "cancelled", "error_message": "cancelled by the caller mid-call"},
+    )
     webhook_store.create_job_event(session, claim.id)
     return True
 
@@ -382,16 +540,18 @@ def is_cancel_requested(session: Session, job_id: uuid.UUID) -> bool:
 
 def renew_leases(
     session: Session, job_ids: Sequence[uuid.UUID], worker_id: str, lease_s: float
-) -> int:
-    """Extend the leases of the jobs this worker runs, in one statement."""
+) -> list[uuid.UUID]:
+    """Extend the leases of the jobs this worker runs, in one statement; returns those of them
+    whose cancellation was asked for, so their calls can stop at the next safe point."""
     if not job_ids:
-        return 0
-    result = session.execute(
+        return []
+    rows = session.execute(
         update(Job)
         .where(Job.id.in_(job_ids), Job.worker_id == worker_id, Job.status == "running")
         .values(lease_expires_at=func.now() + _seconds(lease_s))
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+        .returning(Job.id, Job.cancel_requested)
+    ).all()
+    return [job_id for job_id, cancel_requested in rows if cancel_requested]
 
 
 def release_jobs(session: Session, job_ids: Sequence[uuid.UUID], worker_id: str) -> int:
@@ -473,6 +633,32 @@ def reap_expired_leases(session: Session, max_lost: int, limit: int) -> list[uui
     return requeued
 
 
+def expire_overdue_jobs(session: Session, limit: int) -> list[uuid.UUID]:
+    """Fail queued and retrying jobs whose deadline has passed, keeping their last error in the
+    message; running ones end at their call's deadline, bounded by the job's."""
+    overdue = session.execute(
+        select(Job.id, Job.timeouts, Job.error)
+        .where(Job.status.in_(_ACTIVE), Job.deadline_at <= func.now())
+        .order_by(Job.deadline_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for job_id, timeouts, last_error in overdue:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                status="failed",
+                error=deadline_error((timeouts or {}).get("total_s"), last_error),
+                finished_at=func.now(),
+                updated_at=func.now(),
+                next_attempt_at=None,
+            )
+        )
+        webhook_store.create_job_event(session, job_id)
+    return [job_id for job_id, _, _ in overdue]
+
+
 def take_due_jobs(session: Session, redispatch_after_s: float, limit: int) -> Sequence[Job]:
     """Jobs due for publishing; pushes their `next_attempt_at` out so a publish that never
     arrives is tried again, and locks skip so two dispatchers never take the same job."""
@@ -495,3 +681,48 @@ def take_due_jobs(session: Session, redispatch_after_s: float, limit: int) -> Se
 def ping(session: Session) -> None:
     """Round-trip to the database."""
     session.execute(text("SELECT 1"))
+
+
+class JobRecord(TypedDict):
+    """One job and the rows hanging off it, by column name, as `json_build_object` gave them."""
+
+    job: dict[str, Any]
+    tool_calls: list[dict[str, Any]]
+    usage: dict[str, Any] | None
+    attempts: list[dict[str, Any]]
+    deliveries: list[dict[str, Any]]
+
+
+_JOB: Table = Job.metadata.tables["job"]
+# A job and its children as one JSON document: one statement, and one parse, per job. Webhook
+# events leave out their body (the job view they carry).
+_JOB_RECORD = literal_column(
+    """json_build_object(
+    'job', row_to_json(job),
+    'tool_calls', coalesce((SELECT json_agg(t ORDER BY t.position) FROM tool_call t
+        WHERE t.job_id = job.id), '[]'),
+    'usage', (SELECT row_to_json(u) FROM usage u WHERE u.job_id = job.id),
+    'attempts', coalesce((SELECT json_agg(a ORDER BY a.number) FROM attempt a
+        WHERE a.job_id = job.id), '[]'),
+    'deliveries', coalesce((SELECT json_agg(json_build_object(
+        'id', w.id, 'job_id', w.job_id, 'type', w.type, 'url', w.url, 'status', w.status,
+        'attempt_count', w.attempt_count, 'last_status_code', w.last_status_code,
+        'next_attempt_at', w.next_attempt_at, 'created_at', w.created_at,
+        'delivered_at', w.delivered_at, 'failure_reason', w.failure_reason)
+        ORDER BY w.created_at) FROM webhook_event w WHERE w.job_id = job.id), '[]')
+)::text""",
+    Text,
+)
+
+
+def _job_records(
+    session: Session, *where: Any, order_by: Sequence[Any] = (), limit: int | None = None
+) -> list[JobRecord]:
+    query = select(_JOB_RECORD).select_from(_JOB).where(*where).order_by(*order_by).limit(limit)
+    return [orjson.loads(document) for document in session.scalars(query)]
+
+
+def get_job_record(session: Session, job_id: uuid.UUID) -> JobRecord | None:
+    """The job with its tool calls, usage, attempts and webhook events, or None."""
+    found = _job_records(session, _JOB.c.id == job_id)
+    return found[0] if found else None

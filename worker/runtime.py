@@ -18,8 +18,9 @@ from worker.job_events import JobEventPublisher
 from worker.jobs import InFlight, JobRunner, RetryConfig
 from worker.llm_client import LLMClient
 from worker.maintenance import Maintenance, run_every
-from worker.queues import publish_job, redis_client_url
+from worker.queues import publish_job, redis_client_url, reuse_broker_clients
 from worker.settings import Settings
+from worker.timeouts import CallLimits
 from worker.webhook_delivery import WebhookDeliverer, build_deliverer, publish_delivery
 
 log = logging.getLogger(__name__)
@@ -88,18 +89,16 @@ class WorkerRuntime:
 def build_runtime(settings: Settings, app: Celery) -> WorkerRuntime:
     """Build the runtime from settings; the API key goes to the client and nowhere else."""
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    reuse_broker_clients()  # publishes (dispatcher) and acks (every job)
     # Threads hold a connection only while they read or write, never across an upstream call,
     # so a pool far smaller than the concurrency suffices.
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
     sessions = make_sessionmaker(engine)
     key = settings.gmi_api_key.get_secret_value() if settings.gmi_api_key else None
-    client = LLMClient(
-        settings.gmi_base_url,
-        key,
-        settings.connect_timeout_s,
-        settings.read_timeout_s,
-        settings.max_connections,
+    limits = CallLimits(
+        settings.connect_timeout_s, settings.read_timeout_s, settings.call_timeout_s
     )
+    client = LLMClient(settings.gmi_base_url, key, limits, settings.max_connections)
     in_flight = InFlight()
     runner = JobRunner(
         sessions=sessions,

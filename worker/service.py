@@ -20,7 +20,7 @@ from worker.celery_app import broker_key_prefix, create_celery_app
 from worker.db import make_engine, make_sessionmaker
 from worker.events_api import create_events_router
 from worker.producer import JobProducer
-from worker.queues import publish_job, queue_depths, redis_client_url
+from worker.queues import publish_job, queue_depths, redis_client_url, reuse_broker_clients
 from worker.secret_box import SecretBox
 from worker.settings import Settings
 from worker.stats import Price
@@ -33,6 +33,7 @@ def build_producer(settings: Settings) -> tuple[JobProducer, sessionmaker[Sessio
     """A producer on the configured Postgres and Redis (what Python services embed)."""
     sessions = make_sessionmaker(make_engine(settings.database_url, settings.db_pool_size))
     app = create_celery_app(settings)
+    reuse_broker_clients()
     producer = JobProducer(
         sessions=sessions,
         publish=lambda message: publish_job(app, message),

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     connect_timeout_s: float = 10.0
     # Reasoning models can think for minutes before the first byte arrives.
     read_timeout_s: float = 600.0
+    # One whole call, however slowly the bytes come; a job may set its own (`timeouts.call_s`).
+    call_timeout_s: float = 1800.0
     max_connections: int = 1000
 
     worker_concurrency: int = 200

@@ -198,12 +198,9 @@ class WebhookDeliverer:
         return _Prepared(claim, body, sealed)
 
     def _build_body(self, session: Session, claim: ClaimedEvent) -> str:
-        job = repository.get_job(session, claim.job_id)
-        assert job is not None  # the event's foreign key keeps the job
-        children = repository.load_children(session, [job.id])
-        view = job_view(
-            job, children.tool_calls[job.id], children.usages.get(job.id), children.attempts[job.id]
-        )
+        record = repository.get_job_record(session, claim.job_id)
+        assert record is not None  # the event's foreign key keeps the job
+        view = job_view(record["job"], record["tool_calls"], record["usage"], record["attempts"])
         data = view.model_dump(mode="json", exclude={"deliveries"})
         return build_event_body(claim.type, claim.created_at, data, self.config.thin_events)
 

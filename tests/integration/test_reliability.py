@@ -3,6 +3,7 @@ recorded outcome."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from itertools import pairwise
@@ -19,7 +20,7 @@ from tests.outages import stoppable_postgres, stoppable_redis
 from worker.celery_app import create_celery_app
 from worker.queues import publish_job
 from worker.settings import Settings
-from worker.simulator import SimulatorServer
+from worker.simulator import SimulatorConfig, SimulatorServer
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}]}
 
@@ -187,6 +188,33 @@ def test_running_job_cancel_stops_it_before_its_retry(
     assert view["status"] == "cancelled"
     assert view["attempt_count"] == 1
     assert len(sim.requests()) == 1
+
+
+def test_running_streamed_job_cancel_stops_it_between_chunks(
+    deployment: Callable[..., Settings],
+    start_worker: Callable[..., WorkerProcess],
+    start_api: Callable[[Settings], ApiServer],
+    engine: Engine,
+) -> None:
+    # One SSE frame every 300 ms: the whole answer would take several seconds.
+    with SimulatorServer(SimulatorConfig(chunk_delay_ms=300)) as dripping:
+        settings = deployment(gmi_base_url=dripping.base_url, gmi_api_key=None)
+        start_worker(settings)
+        api = start_api(settings)
+        request = {"messages": [{"role": "user", "content": "a long story"}], "stream": True}
+        job_id = submit(api, request=request)
+        wait_for(lambda: dripping.requests(), 20, "the call to start")
+        cancelled_at = time.monotonic()
+        assert api.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+
+        view = poll_terminal(api, job_id)
+        # The heartbeat (0.5 s here) tells the worker; the next chunk stops the call.
+        assert time.monotonic() - cancelled_at < 2.5
+        assert view["status"] == "cancelled"
+        assert [a["outcome"] for a in view["attempts"]] == ["cancelled"]
+        assert view["result"] is None
+        assert count_rows(engine, "usage", "job_id = :j", j=uuid.UUID(job_id)) == 0
+        assert len(dripping.requests()) == 1
 
 
 def test_sigterm_lets_running_calls_finish(

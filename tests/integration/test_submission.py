@@ -175,6 +175,21 @@ def test_listing_pages_newest_first_and_filters_by_status(
     assert api.client.get("/v1/jobs", params={"limit": 0}).status_code == 422
 
 
+def test_submission_answers_the_view_a_read_gives_with_the_stored_request(
+    api_only: tuple[ApiServer, Settings],
+) -> None:
+    api, _ = api_only
+    request = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0.5, "x-extra": 1}
+    body = {"kind": "chat", "request": request, "metadata": {"team": "a"}, "priority": "low"}
+    answer = api.client.post("/v1/jobs", json=body)
+    assert answer.status_code == 202
+    view = answer.json()
+    assert view["status"] == "queued"
+    assert view["attempts"] == view["tool_calls"] == view["deliveries"] == []
+    assert view["request"] == request
+    assert api.client.get(f"/v1/jobs/{view['id']}").json() == view
+
+
 def test_unknown_job_is_404(api_only: tuple[ApiServer, Settings]) -> None:
     api, _ = api_only
     assert api.client.get("/v1/jobs/00000000-0000-0000-0000-000000000000").status_code == 404

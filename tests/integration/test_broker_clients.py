@@ -1,0 +1,49 @@
+"""Publishing reuses one Redis client per kombu channel, and the messages still land on the
+deployment's prefixed queues."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import redis
+
+from api_contracts.messages import JobMessage
+from worker.celery_app import broker_key_prefix, create_celery_app
+from worker.queues import publish_job, queue_depths, reuse_broker_clients
+from worker.settings import Settings
+
+
+def message(priority: str) -> JobMessage:
+    return JobMessage.model_validate(
+        {
+            "job_id": uuid.uuid4(),
+            "kind": "chat",
+            "request": {"messages": [{"role": "user", "content": "hi"}]},
+            "model": "m",
+            "priority": priority,
+            "submitted_at": datetime.now(UTC),
+        }
+    )
+
+
+def test_publishes_share_one_client_and_reach_the_prefixed_queues(
+    deployment: Callable[..., Settings], redis_client: redis.Redis
+) -> None:
+    settings = deployment()
+    app = create_celery_app(settings)
+    reuse_broker_clients()
+    reuse_broker_clients()  # idempotent
+    try:
+        with app.connection_for_write() as connection:
+            channel = connection.default_channel
+            with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+                assert first is second
+                assert first.global_keyprefix == broker_key_prefix(settings)
+        for priority in ("high", "normal", "normal"):
+            publish_job(app, message(priority))
+    finally:
+        app.close()
+    depths = queue_depths(redis_client, broker_key_prefix(settings))
+    assert (depths["gmiq.high"], depths["gmiq.normal"], depths["gmiq.low"]) == (1, 2, 0)

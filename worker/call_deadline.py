@@ -1,0 +1,123 @@
+"""A whole-call deadline for the synchronous HTTP client.
+
+httpx's timeouts bound each socket operation, not a call: an upstream that sends a byte every
+few seconds keeps a call alive forever under any read timeout. Here every connect, read and
+write of a call gets at most the time left until the call's deadline, so the call stops at the
+deadline, to the socket operation, whatever the upstream does. The deadline lives in a
+thread-local because a sync call does all its I/O on the calling thread."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpcore2
+import httpx2
+
+_local = threading.local()
+
+
+@contextmanager
+def call_deadline(seconds: float) -> Iterator[None]:
+    """Bound the network operations of the call made inside the block to `seconds` in all."""
+    _local.deadline = time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        _local.deadline = None
+
+
+def _bounded(timeout: float | None, error: type[Exception]) -> float | None:
+    """The operation's own timeout, or the time left in the call if that is shorter."""
+    deadline: float | None = getattr(_local, "deadline", None)
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise error("the call's deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore2.NetworkStream):
+    def __init__(self, inner: httpcore2.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _bounded(timeout, httpcore2.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _bounded(timeout, httpcore2.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore2.NetworkStream:
+        inner = self._inner.start_tls(
+            ssl_context, server_hostname, _bounded(timeout, httpcore2.ConnectTimeout)
+        )
+        return _DeadlineStream(inner)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore2.NetworkBackend):
+    def __init__(self) -> None:
+        self._inner = httpcore2.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore2.NetworkStream:
+        stream = self._inner.connect_tcp(
+            host,
+            port,
+            _bounded(timeout, httpcore2.ConnectTimeout),
+            local_address,
+            socket_options,
+        )
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore2.NetworkStream:
+        stream = self._inner.connect_unix_socket(
+            path, _bounded(timeout, httpcore2.ConnectTimeout), socket_options
+        )
+        return _DeadlineStream(stream)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def deadline_transport(limits: httpx2.Limits) -> httpx2.HTTPTransport:
+    """httpx's own transport with its connection pool on the deadline-aware backend.
+
+    `HTTPTransport` takes no network backend, so its pool is rebuilt with one; the version is
+    pinned in uv.lock and `tests/integration/test_call_limits.py` proves the deadline holds."""
+    transport = httpx2.HTTPTransport(limits=limits)
+    assert isinstance(transport._pool, httpcore2.ConnectionPool)
+    transport._pool = httpcore2.ConnectionPool(
+        ssl_context=httpx2.create_ssl_context(),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=_DeadlineBackend(),
+    )
+    return transport
