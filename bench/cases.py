@@ -49,6 +49,11 @@ class BenchConfig:
     poll_rows: int
     poll_requests: int
     poll_concurrency: int
+    # Drain cases (bench.scaling), at the last latency: worker processes to compare, and the
+    # single-process case's calls in flight and jobs.
+    scale_workers: tuple[int, ...] = (1, 2, 4)
+    wide_concurrency: int = 1000
+    wide_jobs: int = 4000
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ class Upstream:
     latency_ms: float
 
 
-def _env(stack: Stack, upstream: Upstream, concurrency: int) -> dict[str, str]:
+def worker_env(stack: Stack, upstream: Upstream, concurrency: int) -> dict[str, str]:
     return stack.env(
         GMIQ_GMI_BASE_URL=upstream.base_url,
         GMIQ_GMI_API_KEY=upstream.api_key,
@@ -70,7 +75,7 @@ def _env(stack: Stack, upstream: Upstream, concurrency: int) -> dict[str, str]:
     )
 
 
-def _settings(stack: Stack, upstream: Upstream) -> Settings:
+def bench_settings(stack: Stack, upstream: Upstream) -> Settings:
     return Settings(
         database_url=stack.database_url,
         redis_url=stack.redis_url,
@@ -80,7 +85,7 @@ def _settings(stack: Stack, upstream: Upstream) -> Settings:
     )
 
 
-def _tag(stack: Stack, case: str, upstream: Upstream) -> str:
+def run_tag(stack: Stack, case: str, upstream: Upstream) -> str:
     return f"{stack.tag}-{case}-{upstream.latency_ms:g}"
 
 
@@ -97,7 +102,7 @@ def _settled_writes(stack: Stack, before: Writes, jobs: int) -> dict[str, float]
     }
 
 
-def _stored(
+def store_outcome(
     result: CaseResult,
     started_at: float,
     progress: Progress,
@@ -154,11 +159,11 @@ def measure_limit(stack: Stack, upstream: Upstream, config: BenchConfig) -> Case
 
 def measure_naive(stack: Stack, upstream: Upstream, config: BenchConfig) -> CaseResult:
     """The plain Celery task: post with httpx2, insert with SQLAlchemy."""
-    tag = _tag(stack, "naive", upstream)
+    tag = run_tag(stack, "naive", upstream)
     before = read_writes(stack.monitor())
-    env = _env(stack, upstream, config.concurrency)
+    env = worker_env(stack, upstream, config.concurrency)
     worker = start_naive_worker(stack, env, config.concurrency, config.naive_client)
-    app = create_naive_app(_settings(stack, upstream))
+    app = create_naive_app(bench_settings(stack, upstream))
     cpu = CpuMeter({"worker": worker.pid, "sim": upstream.child.pid})
     result = CaseResult("naive", upstream.latency_ms, config.jobs)
     try:
@@ -178,7 +183,7 @@ def measure_naive(stack: Stack, upstream: Upstream, config: BenchConfig) -> Case
         app.close()
     result.peak_rss_mb = rss.peak_bytes / 2**20
     result.writes_per_job = _settled_writes(stack, before, progress.done)
-    _stored(result, started_at, progress, complete, naive_durations(stack.monitor(), tag))
+    store_outcome(result, started_at, progress, complete, naive_durations(stack.monitor(), tag))
     if not result.note:
         result.note = f"httpx2 client: {config.naive_client}"
     return result
@@ -191,7 +196,7 @@ def measure_gmiq_api(
     rate (for the added latency), then closed loop at the concurrency (for throughput). Both
     take the same path, so Postgres writes are counted over both."""
     before = read_writes(stack.monitor())
-    env = _env(stack, upstream, config.concurrency)
+    env = worker_env(stack, upstream, config.concurrency)
     worker, api, api_url = start_worker_and_api(stack, env, config.concurrency)
     results: list[CaseResult] = []
     try:
@@ -218,7 +223,7 @@ def _api_phase(
     worker, api, api_url = processes
     name = "gmiq-paced" if paced else "gmiq-api"
     jobs = config.paced_jobs if paced else config.jobs
-    tag = _tag(stack, name, upstream)
+    tag = run_tag(stack, name, upstream)
     cpu = CpuMeter({"worker": worker.pid, "api": api.pid, "sim": upstream.child.pid})
     result = CaseResult(name, upstream.latency_ms, jobs)
 
@@ -239,7 +244,7 @@ def _api_phase(
     )
     result.cpu_ms_per_job = cpu.ms_per_job(progress.done)
     durations, waits = gmiq_durations(stack.monitor(), tag, since)
-    _stored(result, traffic.started_at, progress, complete, durations)
+    store_outcome(result, traffic.started_at, progress, complete, durations)
     result.claim_wait_ms = percentiles([w * 1000 for w in waits])
     if paced and not result.note:
         result.note = f"open loop at {config.paced_rate:g} jobs/s: read added latency, not jobs/s"
@@ -248,9 +253,9 @@ def _api_phase(
 
 def measure_gmiq_producer(stack: Stack, upstream: Upstream, config: BenchConfig) -> CaseResult:
     """Jobs submitted by the Python producer from threads in this process."""
-    tag = _tag(stack, "gmiq-producer", upstream)
+    tag = run_tag(stack, "gmiq-producer", upstream)
     before = read_writes(stack.monitor())
-    env = _env(stack, upstream, config.concurrency)
+    env = worker_env(stack, upstream, config.concurrency)
     worker = start_worker(stack, env, config.concurrency)
     cpu = CpuMeter({"worker": worker.pid, "sim": upstream.child.pid})
     result = CaseResult("gmiq-producer", upstream.latency_ms, config.jobs)
@@ -258,7 +263,7 @@ def measure_gmiq_producer(stack: Stack, upstream: Upstream, config: BenchConfig)
         with RssSampler(worker.pid) as rss:
             since = time.time() - 1
             submitted = submit_via_producer(
-                _settings(stack, upstream),
+                bench_settings(stack, upstream),
                 tag,
                 config.jobs,
                 config.producer_threads,
@@ -278,7 +283,7 @@ def measure_gmiq_producer(stack: Stack, upstream: Upstream, config: BenchConfig)
     result.peak_rss_mb = rss.peak_bytes / 2**20
     result.writes_per_job = _settled_writes(stack, before, progress.done)
     durations, waits = gmiq_durations(stack.monitor(), tag, since)
-    _stored(result, submitted.started_at, progress, complete, durations)
+    store_outcome(result, submitted.started_at, progress, complete, durations)
     result.claim_wait_ms = percentiles([w * 1000 for w in waits])
     result.note = result.note or f"{config.producer_threads} producer threads in the bench process"
     return result

@@ -115,10 +115,14 @@ class CpuMeter:
         values["machine"] = busy.user + busy.nice + busy.system + busy.irq + busy.softirq
         return values
 
+    def seconds(self) -> dict[str, float]:
+        """CPU seconds used by each process (and `machine`: the whole machine) so far."""
+        now = self._read()
+        return {name: now[name] - self._start[name] for name in now}
+
     def ms_per_job(self, jobs: int) -> dict[str, float]:
         """Milliseconds of CPU per job for each process since construction."""
-        now = self._read()
-        used = {name: (now[name] - self._start[name]) * 1000 / max(jobs, 1) for name in now}
+        used = {name: seconds * 1000 / max(jobs, 1) for name, seconds in self.seconds().items()}
         # What the rest of the machine did meanwhile (other users' tests, the OS): noise.
         ours = sum(value for name, value in used.items() if name != "machine")
         used["others"] = max(0.0, used["machine"] - ours)

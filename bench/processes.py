@@ -7,7 +7,8 @@ from __future__ import annotations
 import sys
 
 from bench.naive import ready_key
-from bench.stack import GMIQ, LOOPBACK, Child, Stack, free_port, wait_for
+from bench.stack import GMIQ, LOOPBACK, Child, Stack, free_port
+from worker.waiting import wait_for
 
 
 def start_simulator(stack: Stack, latency_ms: float, api_key: str) -> tuple[Child, str]:
@@ -27,16 +28,18 @@ def _spawn_worker(stack: Stack, env: dict[str, str], concurrency: int) -> Child:
     return stack.spawn("worker", [*GMIQ, "worker", "--concurrency", str(concurrency)], env)
 
 
-def _await_worker(stack: Stack, child: Child) -> None:
-    """Wait until the worker announces itself in Redis."""
+def _await_worker(stack: Stack, *children: Child) -> None:
+    """Wait until every worker announces itself in Redis."""
     client = stack.redis()
 
     def announced() -> bool:
-        child.check_alive()
-        return any(True for _ in client.scan_iter(f"{stack.redis_prefix}:worker:*"))
+        for child in children:
+            child.check_alive()
+        keys = sum(1 for _ in client.scan_iter(f"{stack.redis_prefix}:worker:*"))
+        return keys >= len(children)
 
     try:
-        wait_for(announced, 90, "the gmiq worker to announce itself")
+        wait_for(announced, 90, f"{len(children)} gmiq worker(s) to announce themselves")
     finally:
         client.close()
 
@@ -58,6 +61,13 @@ def start_worker(stack: Stack, env: dict[str, str], concurrency: int) -> Child:
     child = _spawn_worker(stack, env, concurrency)
     _await_worker(stack, child)
     return child
+
+
+def start_workers(stack: Stack, env: dict[str, str], concurrency: int, count: int) -> list[Child]:
+    """`count` gmiq worker processes of `concurrency` threads each, all announced."""
+    children = [_spawn_worker(stack, env, concurrency) for _ in range(count)]
+    _await_worker(stack, *children)
+    return children
 
 
 def start_worker_and_api(

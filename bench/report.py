@@ -51,6 +51,14 @@ class CaseResult:
     # The machine's 1-minute load average when the case started (2 cores: above 2 is queueing).
     load_avg: float = 0.0
     note: str = ""
+    # Drain cases (bench.scaling): worker processes, calls in flight between them, each
+    # worker's CPU over the drain as a fraction of one core, the machine's (of all cores), and
+    # the bound the drain ran into.
+    workers: int = 1
+    in_flight: int | None = None
+    worker_busy: list[float] | None = None
+    machine_busy: float | None = None
+    bound: str = ""
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -112,6 +120,29 @@ def case_table(cases: list[CaseResult]) -> str:
     return "\n".join(lines)
 
 
+def drain_table(cases: list[CaseResult]) -> str:
+    """The drain cases: throughput, CPU per worker process, memory, and the bound hit."""
+    limits = {case.in_flight: case for case in cases if case.case.startswith("limit")}
+    header = (
+        f"{'case':<12}{'workers':>8}{'in flight':>10}{'jobs/s':>9}{'x limit':>9}"
+        f"{'worker CPU (of a core)':>24}{'machine':>9}{'RSS MB/worker':>15}  bound"
+    )
+    lines = [header, "-" * (len(header) + 30)]
+    for case in cases:
+        limit = limits.get(case.in_flight)
+        x_limit = None if limit in (None, case) else _r(case, limit)
+        busy = " ".join(f"{value:.0%}" for value in case.worker_busy or []) or "-"
+        machine = f"{case.machine_busy:.0%}" if case.machine_busy is not None else "-"
+        lines.append(
+            f"{case.case:<12}{case.workers if case.worker_busy else '-':>8}"
+            f"{_fmt(case.in_flight, 0):>10}{_fmt(case.jobs_per_s, 1):>9}{_fmt(x_limit, 2):>9}"
+            f"{busy:>24}{machine:>9}{_fmt(case.peak_rss_mb, 0):>15}  {case.bound}"
+        )
+        if case.completed < case.jobs or (case.note and not case.case.startswith("limit")):
+            lines.append(f"{'':<12}{case.note}")
+    return "\n".join(lines)
+
+
 def polling_table(polling: dict[str, Any]) -> str:
     """The polling comparison."""
     if "skipped" in polling:
@@ -133,7 +164,9 @@ def polling_table(polling: dict[str, Any]) -> str:
 
 
 def check_targets(
-    by_latency: dict[float, list[CaseResult]], polling: dict[str, Any]
+    by_latency: dict[float, list[CaseResult]],
+    polling: dict[str, Any],
+    drains: list[CaseResult] | None = None,
 ) -> list[dict[str, Any]]:
     """The issue's targets, each with the measured value and whether it is met."""
     checks: list[dict[str, Any]] = []
@@ -160,8 +193,15 @@ def check_targets(
         if paced is not None and paced.added_ms is not None:
             add(f"{latency:g} ms paced added p50 (ms)", paced.added_ms["p50"], 10.0, False)
             add(f"{latency:g} ms paced added p99 (ms)", paced.added_ms["p99"], 50.0, False)
+    for case in drains or []:
+        if not case.case.startswith("wide"):
+            continue
+        limit = next((c for c in drains or [] if c.case == f"limit-{case.in_flight}"), None)
+        add(f"{case.in_flight} in flight, 1 process / limit", _r(case, limit), 0.8, True)
+        add(f"{case.in_flight} in flight, worker RSS (MB)", case.peak_rss_mb, 300.0, False)
     if "ratio" in polling:
         add("polling gmiq / minimal", polling["ratio"], 0.7, True)
+        add("polling gmiq p99 (ms)", (polling["gmiq"]["latency_ms"] or {}).get("p99"), 20.0, False)
     return checks
 
 

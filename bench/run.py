@@ -14,7 +14,8 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from importlib import metadata
 from types import FrameType
 from typing import Any
@@ -28,15 +29,18 @@ from bench.report import (
     case_dicts,
     case_table,
     check_targets,
+    drain_table,
     polling_table,
     targets_table,
     write_json,
 )
+from bench.scaling import measure_scaling, measure_wide
 from bench.stack import Stack
 from bench.traffic import default_client
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+DRAIN_CASES = ("scaling", "wide")
 STREAMING_NOTE = (
     "streaming: skipped (not measured yet: written before the worker streamed upstream answers)"
 )
@@ -49,13 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, help="jobs per case (default 2000, quick 200)")
     parser.add_argument("--concurrency", type=int, help="calls in flight (default 200, quick 50)")
     parser.add_argument("--latencies", default="0,500", help="upstream latencies in ms")
-    parser.add_argument("--cases", default=",".join([*CASES, "polling"]), help="which cases")
+    parser.add_argument(
+        "--cases", default=",".join([*CASES, *DRAIN_CASES, "polling"]), help="which cases"
+    )
+    parser.add_argument(
+        "--scale-workers", default="1,2,4", help="worker processes of the scaling case"
+    )
+    parser.add_argument(
+        "--wide-concurrency", type=int, default=1000, help="calls in flight of the wide case"
+    )
+    parser.add_argument("--wide-jobs", type=int, help="jobs of the wide case (default 4x it)")
     parser.add_argument("--producer-threads", type=int, default=16)
     parser.add_argument("--paced-rate", type=float, default=50.0, help="jobs/s of gmiq-paced")
     parser.add_argument("--paced-jobs", type=int, help="jobs of gmiq-paced (default 8 s' worth)")
     parser.add_argument("--naive-client", choices=CLIENT_MODES, default="shared")
     parser.add_argument("--client", choices=("aiohttp", "httpx2"), default=default_client())
-    parser.add_argument("--poll-rows", type=int, help="jobs in the table (default 20000)")
+    parser.add_argument("--poll-rows", type=int, help="jobs in the table (default 100000)")
     parser.add_argument("--poll-requests", type=int, help="GETs per server (default 5000)")
     parser.add_argument("--poll-concurrency", type=int, default=32)
     parser.add_argument("--deadline", type=float, help="seconds a case may take to finish")
@@ -69,7 +82,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
     quick = args.quick
     jobs = args.jobs or (200 if quick else 2000)
     cases = tuple(name.strip() for name in args.cases.split(",") if name.strip())
-    unknown = set(cases) - {*CASES, "polling"}
+    unknown = set(cases) - {*CASES, *DRAIN_CASES, "polling"}
     if unknown:
         raise SystemExit(f"bench: unknown cases {sorted(unknown)}")
     return BenchConfig(
@@ -83,9 +96,12 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         client=args.client,
         deadline_s=args.deadline or 60 + jobs / 20,
         cases=cases,
-        poll_rows=args.poll_rows or (2000 if quick else 20000),
+        poll_rows=args.poll_rows or (2000 if quick else 100_000),
         poll_requests=args.poll_requests or (800 if quick else 5000),
         poll_concurrency=args.poll_concurrency,
+        scale_workers=tuple(int(v) for v in args.scale_workers.split(",") if v.strip()),
+        wide_concurrency=args.wide_concurrency,
+        wide_jobs=args.wide_jobs or args.wide_concurrency * (2 if quick else 4),
     )
 
 
@@ -110,6 +126,7 @@ def run(config: BenchConfig, stack: Stack) -> dict[str, Any]:
     stack.open()
     create_table(stack.monitor())
     by_latency: dict[float, list[CaseResult]] = {}
+    drains: list[CaseResult] = []
     api_key = "bench-" + secrets.token_hex(8)
     for latency in config.latencies_ms:
         print(f"upstream latency {latency:g} ms:", flush=True)
@@ -117,10 +134,12 @@ def run(config: BenchConfig, stack: Stack) -> dict[str, Any]:
         try:
             upstream = Upstream(child, base_url, api_key, latency)
             by_latency[latency] = measure_latency(stack, upstream, config)
+            print(_latency_title(latency, config))
+            print(case_table(by_latency[latency]) + "\n", flush=True)
+            if latency == config.latencies_ms[-1]:
+                drains = _drains(stack, upstream, config, by_latency[latency])
         finally:
             stack.stop(child)
-        print(_latency_title(latency, config))
-        print(case_table(by_latency[latency]) + "\n", flush=True)
     polling: dict[str, Any] = {"skipped": "not selected"}
     if "polling" in config.cases:
         print("polling ...", flush=True)
@@ -132,7 +151,7 @@ def run(config: BenchConfig, stack: Stack) -> dict[str, Any]:
             config.deadline_s,
             config.client,
         )
-    checks = check_targets(by_latency, polling)
+    checks = check_targets(by_latency, polling, drains)
     return {
         "config": config.__dict__,
         "machine": {
@@ -142,10 +161,43 @@ def run(config: BenchConfig, stack: Stack) -> dict[str, Any]:
         },
         "versions": _versions(),
         "latencies": {f"{k:g}": case_dicts(v) for k, v in by_latency.items()},
+        "drains": case_dicts(drains),
         "streaming": STREAMING_NOTE,
         "polling": polling,
         "targets": checks,
     }
+
+
+def _drains(
+    stack: Stack, upstream: Upstream, config: BenchConfig, cases: list[CaseResult]
+) -> list[CaseResult]:
+    """The scaling and wide cases, at the last latency; prints their table."""
+    limit = next((case for case in cases if case.case == "limit"), None)
+    steps: list[tuple[str, Callable[[], list[CaseResult]]]] = [
+        ("scaling", lambda: measure_scaling(stack, upstream, config, limit)),
+        ("wide", lambda: measure_wide(stack, upstream, config)),
+    ]
+    drains: list[CaseResult] = []
+    if limit is not None and "scaling" in config.cases:
+        drains.append(
+            replace(limit, case=f"limit-{config.concurrency}", in_flight=config.concurrency)
+        )
+    for name, step in steps:
+        if name not in config.cases:
+            continue
+        print(f"  {name} ...", end="", flush=True)
+        began = time.monotonic()
+        load = os.getloadavg()[0]
+        done = step()
+        for result in done:
+            result.load_avg = load
+        rates = ", ".join(f"{result.case} {result.jobs_per_s:,.1f}" for result in done)
+        print(f" {rates} jobs/s ({time.monotonic() - began:.0f} s, load {load:.1f})", flush=True)
+        drains += done
+    if drains:
+        print(f"\n== drains at upstream {upstream.latency_ms:g} ms (jobs preloaded) ==")
+        print(drain_table(drains) + "\n", flush=True)
+    return drains
 
 
 def _latency_title(latency: float, config: BenchConfig) -> str:

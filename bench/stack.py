@@ -11,11 +11,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx2
@@ -28,24 +25,11 @@ from sqlalchemy.engine import make_url
 from worker.children import spawn
 from worker.migrate import upgrade_database
 from worker.queues import redis_client_url
+from worker.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 GMIQ = [sys.executable, "-m", "worker.cli"]
 LOOPBACK = "127.0.0.1"
-
-
-def wait_for(
-    predicate: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.1
-) -> Any:
-    """Poll until the predicate is truthy; raise after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(every_s)
 
 
 def free_port() -> int:

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,23 +27,10 @@ from worker.queues import redis_client_url
 from worker.service import build_api, build_producer
 from worker.settings import Settings
 from worker.simulator import SimulatorConfig, SimulatorServer
+from worker.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 SIM_KEY = "sim-test-key-" + secrets.token_hex(8)
-
-
-def wait_for(
-    predicate: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.05
-) -> Any:
-    """Poll until the predicate returns something truthy, or fail after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(every_s)
 
 
 @pytest.fixture(scope="session")
@@ -213,6 +199,7 @@ class ApiServer:
     """The real API app served by uvicorn in a thread, on a free port."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]

@@ -76,7 +76,7 @@ def test_random_faults_and_a_killed_worker_leave_every_job_with_one_outcome(
     start_worker(settings, concurrency=32)
     try:
         wait_for(lambda: finished() == JOBS, 120, "every job to finish", every_s=0.5)
-    except AssertionError as exc:
+    except TimeoutError as exc:
         raise AssertionError(f"{exc}; unfinished: {unfinished(engine, tag)}") from None
 
     with engine.connect() as connection:
