@@ -205,8 +205,9 @@ class JobProducer:
         return JobListView(data=[_view(record) for record in page], next_cursor=next_cursor)
 
     def cancel(self, job_id: uuid.UUID) -> JobView:
-        """Cancel a job that has not started (it never runs); a running one is flagged and
-        will not be retried."""
+        """Cancel a job that has not started (it never runs); a running one is flagged: it is
+        not retried, and a streamed call stops at its next chunk once the worker's heartbeat
+        has seen the flag."""
         with unit_of_work(self.sessions) as session:
             job = repository.get_job(session, job_id)
             if job is None:

@@ -223,21 +223,6 @@ def record_attempt(
     return True
 
 
-def load_events(
-    session: Session, job_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, list[WebhookEvent]]:
-    """The events of a page of jobs, oldest first, in one query."""
-    events: dict[uuid.UUID, list[WebhookEvent]] = {job_id: [] for job_id in job_ids}
-    if job_ids:
-        for event in session.scalars(
-            select(WebhookEvent)
-            .where(WebhookEvent.job_id.in_(job_ids))
-            .order_by(WebhookEvent.created_at)
-        ):
-            events[event.job_id].append(event)
-    return events
-
-
 def get_event(session: Session, event_id: uuid.UUID, fresh: bool = False) -> WebhookEvent | None:
     """The event row, or None; `fresh` reloads it after an update in this session."""
     return session.get(WebhookEvent, event_id, populate_existing=fresh)
