@@ -11,6 +11,8 @@ from __future__ import annotations
 import ssl
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -106,18 +108,29 @@ class _DeadlineBackend(httpcore2.NetworkBackend):
         self._inner.sleep(seconds)
 
 
-def deadline_transport(limits: httpx2.Limits) -> httpx2.HTTPTransport:
-    """httpx's own transport with its connection pool on the deadline-aware backend.
+def deadline_transport(limits: httpx2.Limits, proxy: str | None = None) -> httpx2.HTTPTransport:
+    """httpx's own transport (pool, TLS, proxy as it builds them) doing its I/O through the
+    deadline-aware backend.
 
-    `HTTPTransport` takes no network backend, so its pool is rebuilt with one; the version is
-    pinned in uv.lock and `tests/integration/test_call_limits.py` proves the deadline holds."""
-    transport = httpx2.HTTPTransport(limits=limits)
-    assert isinstance(transport._pool, httpcore2.ConnectionPool)
-    transport._pool = httpcore2.ConnectionPool(
-        ssl_context=httpx2.create_ssl_context(),
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        network_backend=_DeadlineBackend(),
-    )
+    `HTTPTransport` takes no network backend, so its pool's is replaced; the version is pinned
+    in uv.lock and `tests/integration/test_call_limits.py` proves the deadline holds."""
+    transport = httpx2.HTTPTransport(limits=limits, proxy=proxy)
+    pool = transport._pool
+    # Direct, HTTP-proxied and SOCKS pools are all ConnectionPools that open connections
+    # (and proxy tunnels) through `_network_backend`.
+    assert isinstance(pool, httpcore2.ConnectionPool)
+    assert isinstance(pool._network_backend, httpcore2.SyncBackend)
+    pool._network_backend = _DeadlineBackend()
     return transport
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment (`HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`, ...) names for `url`.
+
+    A client given its own transport no longer reads these, so the upstream client asks here."""
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"

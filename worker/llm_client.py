@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import httpx2
 
-from worker.call_deadline import call_deadline, deadline_transport
+from worker.call_deadline import call_deadline, deadline_transport, proxy_for
 from worker.timeouts import CallLimits
 
 
@@ -47,7 +47,7 @@ class LLMClient:
         self._client = httpx2.Client(
             base_url=base_url,
             headers=headers,
-            transport=deadline_transport(pool),
+            transport=deadline_transport(pool, proxy_for(base_url)),
             follow_redirects=False,
         )
 
