@@ -16,12 +16,22 @@ from worker.webhook_cli import add_webhook_commands
 log = logging.getLogger("gmiq")
 
 
+# One line per job is ours (`worker.tasks`); httpx's line per request and Celery's line per
+# task said the same again, three lines a job at hundreds of jobs a second. Their warnings and
+# errors still show, and GMIQ_LOG_LEVEL=DEBUG shows everything.
+_CHATTY_LOGGERS = ("httpx2", "httpx", "celery.app.trace")
+
+
 def _configure_logging(settings: Settings) -> None:
+    level = settings.log_level.upper()
     logging.basicConfig(
-        level=settings.log_level.upper(),
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    if level == "INFO":  # DEBUG keeps them all
+        for name in _CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _require_services(settings: Settings) -> None:
@@ -123,6 +133,7 @@ def cmd_simulator(args: argparse.Namespace, settings: Settings) -> int:
         if args.latency_ms is not None
         else settings.simulator_latency_ms,
         fault_rate=args.fault_rate,
+        chunk_delay_ms=args.chunk_delay_ms,
     )
     run_simulator(args.host, args.port or settings.simulator_port, config)
     return 0
@@ -216,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int)
     sim.add_argument("--latency-ms", type=float)
     sim.add_argument("--fault-rate", type=float, default=0.0)
+    sim.add_argument(
+        "--chunk-delay-ms", type=float, default=0.0, help="pause between streamed SSE frames"
+    )
     sim.set_defaults(func=cmd_simulator)
 
     submit = sub.add_parser("submit", help="submit a job")
