@@ -1,16 +1,18 @@
 """The cases at one upstream latency, each measured the same way: start its processes, take the
 counters, push the jobs, poll Postgres until they are stored (with a deadline), read CPU while
-the processes live, stop them, wait for the database to go idle, take the counters again."""
+the processes live, stop them, wait for the database to go idle, take the counters again.
+On a streaming upstream every call is streamed and read to its end, and the time to first token
+is kept too."""
 
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import orjson
 
+from bench.config import CASES, BenchConfig, Upstream, bench_settings, run_tag, worker_env
 from bench.meters import CpuMeter, RssSampler, Writes, read_writes
 from bench.naive import create_naive_app, publish
 from bench.pipeline import submit_via_api, submit_via_producer
@@ -18,75 +20,17 @@ from bench.processes import start_naive_worker, start_worker, start_worker_and_a
 from bench.progress import (
     Progress,
     gmiq_durations,
+    gmiq_first_tokens,
     gmiq_progress,
     naive_durations,
+    naive_first_tokens,
     naive_progress,
     wait_for_progress,
 )
 from bench.report import CaseResult, percentiles
 from bench.stack import Child, Stack
 from bench.traffic import run_traffic
-from bench.workload import CHAT_PATH, chat_request
-from worker.settings import Settings
-
-CASES = ("limit", "naive", "gmiq-api", "gmiq-producer", "gmiq-paced")
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """The run's knobs (see `python -m bench.run --help`)."""
-
-    jobs: int
-    concurrency: int
-    latencies_ms: tuple[float, ...]
-    producer_threads: int
-    paced_rate: float
-    paced_jobs: int
-    naive_client: str
-    client: str
-    deadline_s: float
-    cases: tuple[str, ...]
-    poll_rows: int
-    poll_requests: int
-    poll_concurrency: int
-    # Drain cases (bench.scaling), at the last latency: worker processes to compare, and the
-    # single-process case's calls in flight and jobs.
-    scale_workers: tuple[int, ...] = (1, 2, 4)
-    wide_concurrency: int = 1000
-    wide_jobs: int = 4000
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """The simulator serving this latency."""
-
-    child: Child
-    base_url: str
-    api_key: str
-    latency_ms: float
-
-
-def worker_env(stack: Stack, upstream: Upstream, concurrency: int) -> dict[str, str]:
-    return stack.env(
-        GMIQ_GMI_BASE_URL=upstream.base_url,
-        GMIQ_GMI_API_KEY=upstream.api_key,
-        GMIQ_WORKER_CONCURRENCY=str(concurrency),
-        GMIQ_READ_TIMEOUT_S="60",
-    )
-
-
-def bench_settings(stack: Stack, upstream: Upstream) -> Settings:
-    return Settings(
-        database_url=stack.database_url,
-        redis_url=stack.redis_url,
-        redis_prefix=stack.redis_prefix,
-        gmi_base_url=upstream.base_url,
-        gmi_api_key=upstream.api_key,
-    )
-
-
-def run_tag(stack: Stack, case: str, upstream: Upstream) -> str:
-    return f"{stack.tag}-{case}-{upstream.latency_ms:g}"
+from bench.workload import CHAT_PATH, FIRST_TOKEN_MARKER, upstream_request
 
 
 def _settled_writes(stack: Stack, before: Writes, jobs: int) -> dict[str, float]:
@@ -132,7 +76,8 @@ def store_outcome(
 def measure_limit(stack: Stack, upstream: Upstream, config: BenchConfig) -> CaseResult:
     """The same calls straight to the simulator from one asyncio client."""
     url = upstream.base_url + CHAT_PATH
-    body = orjson.dumps(chat_request())
+    body = orjson.dumps(upstream_request(upstream.stream))
+    marker = FIRST_TOKEN_MARKER if upstream.stream else None
     headers = {"authorization": f"Bearer {upstream.api_key}", "content-type": "application/json"}
 
     def plan(_: int) -> tuple[str, str, bytes | None]:
@@ -141,20 +86,38 @@ def measure_limit(stack: Stack, upstream: Upstream, config: BenchConfig) -> Case
     # Warm the simulator and open the connections; not measured.
     warmup = min(config.concurrency, config.jobs)
     run_traffic(plan, warmup, config.concurrency, headers, config.deadline_s, client=config.client)
+    jobs = _case_jobs(config, upstream)
     cpu = CpuMeter({"sim": upstream.child.pid})
     traffic = run_traffic(
-        plan, config.jobs, config.concurrency, headers, config.deadline_s, client=config.client
+        plan,
+        jobs,
+        config.concurrency,
+        headers,
+        config.deadline_s,
+        client=config.client,
+        first_token=marker,
     )
-    result = CaseResult("limit", upstream.latency_ms, config.jobs)
-    result.cpu_ms_per_job = cpu.ms_per_job(config.jobs)
+    result = CaseResult("limit", upstream.latency_ms, jobs)
+    result.cpu_ms_per_job = cpu.ms_per_job(jobs)
     result.completed = traffic.ok + sum(traffic.errors.values())
     result.succeeded = traffic.ok
     result.elapsed_s = traffic.elapsed_s
     result.jobs_per_s = traffic.ok / traffic.elapsed_s
     result.added_ms = percentiles([s * 1000 - upstream.latency_ms for s in traffic.latencies_s])
+    result.first_token_ms = _first_token_ms(upstream, traffic.first_token_s)
     result.errors = dict(traffic.errors)
     result.note = f"client: {traffic.client}"
     return result
+
+
+def _case_jobs(config: BenchConfig, upstream: Upstream) -> int:
+    """Jobs per case: the streaming case has its own count."""
+    return config.stream_jobs if upstream.stream else config.jobs
+
+
+def _first_token_ms(upstream: Upstream, seconds: list[float]) -> dict[str, float] | None:
+    """Time-to-first-token percentiles in ms, on a streaming upstream."""
+    return percentiles([s * 1000 for s in seconds]) if upstream.stream else None
 
 
 def measure_naive(stack: Stack, upstream: Upstream, config: BenchConfig) -> CaseResult:
@@ -165,15 +128,17 @@ def measure_naive(stack: Stack, upstream: Upstream, config: BenchConfig) -> Case
     worker = start_naive_worker(stack, env, config.concurrency, config.naive_client)
     app = create_naive_app(bench_settings(stack, upstream))
     cpu = CpuMeter({"worker": worker.pid, "sim": upstream.child.pid})
-    result = CaseResult("naive", upstream.latency_ms, config.jobs)
+    jobs = _case_jobs(config, upstream)
+    body = upstream_request(upstream.stream)
+    result = CaseResult("naive", upstream.latency_ms, jobs)
     try:
         with RssSampler(worker.pid) as rss:
             started_at = time.time()
-            publish(app, tag, chat_request(), config.jobs, config.producer_threads, time.time)
-            result.submit_per_s = config.jobs / max(time.time() - started_at, 1e-9)
+            publish(app, tag, body, jobs, config.producer_threads, time.time)
+            result.submit_per_s = jobs / max(time.time() - started_at, 1e-9)
             progress, complete = wait_for_progress(
                 lambda: naive_progress(stack.monitor(), tag),
-                config.jobs,
+                jobs,
                 config.deadline_s,
                 worker.check_alive,
             )
@@ -184,6 +149,7 @@ def measure_naive(stack: Stack, upstream: Upstream, config: BenchConfig) -> Case
     result.peak_rss_mb = rss.peak_bytes / 2**20
     result.writes_per_job = _settled_writes(stack, before, progress.done)
     store_outcome(result, started_at, progress, complete, naive_durations(stack.monitor(), tag))
+    result.first_token_ms = _first_token_ms(upstream, naive_first_tokens(stack.monitor(), tag))
     if not result.note:
         result.note = f"httpx2 client: {config.naive_client}"
     return result
@@ -222,7 +188,7 @@ def _api_phase(
 ) -> CaseResult:
     worker, api, api_url = processes
     name = "gmiq-paced" if paced else "gmiq-api"
-    jobs = config.paced_jobs if paced else config.jobs
+    jobs = config.paced_jobs if paced else _case_jobs(config, upstream)
     tag = run_tag(stack, name, upstream)
     cpu = CpuMeter({"worker": worker.pid, "api": api.pid, "sim": upstream.child.pid})
     result = CaseResult(name, upstream.latency_ms, jobs)
@@ -234,7 +200,14 @@ def _api_phase(
     since = time.time() - 1
     rate = config.paced_rate if paced else None
     traffic = submit_via_api(
-        api_url, tag, jobs, config.concurrency, config.deadline_s, rate, config.client
+        api_url,
+        tag,
+        jobs,
+        config.concurrency,
+        config.deadline_s,
+        rate,
+        config.client,
+        upstream.stream,
     )
     result.submit_per_s = traffic.ok / traffic.elapsed_s
     result.errors = {str(k): v for k, v in traffic.statuses.items() if k != 202}
@@ -246,6 +219,8 @@ def _api_phase(
     durations, waits = gmiq_durations(stack.monitor(), tag, since)
     store_outcome(result, traffic.started_at, progress, complete, durations)
     result.claim_wait_ms = percentiles([w * 1000 for w in waits])
+    first_tokens = gmiq_first_tokens(stack.monitor(), tag, since)
+    result.first_token_ms = _first_token_ms(upstream, first_tokens)
     if paced and not result.note:
         result.note = f"open loop at {config.paced_rate:g} jobs/s: read added latency, not jobs/s"
     return result
@@ -258,16 +233,18 @@ def measure_gmiq_producer(stack: Stack, upstream: Upstream, config: BenchConfig)
     env = worker_env(stack, upstream, config.concurrency)
     worker = start_worker(stack, env, config.concurrency)
     cpu = CpuMeter({"worker": worker.pid, "sim": upstream.child.pid})
-    result = CaseResult("gmiq-producer", upstream.latency_ms, config.jobs)
+    jobs = _case_jobs(config, upstream)
+    result = CaseResult("gmiq-producer", upstream.latency_ms, jobs)
     try:
         with RssSampler(worker.pid) as rss:
             since = time.time() - 1
             submitted = submit_via_producer(
                 bench_settings(stack, upstream),
                 tag,
-                config.jobs,
+                jobs,
                 config.producer_threads,
                 config.deadline_s,
+                upstream.stream,
             )
             result.submit_per_s = submitted.submitted / submitted.elapsed_s
             result.errors = dict(submitted.errors)
@@ -285,6 +262,8 @@ def measure_gmiq_producer(stack: Stack, upstream: Upstream, config: BenchConfig)
     durations, waits = gmiq_durations(stack.monitor(), tag, since)
     store_outcome(result, submitted.started_at, progress, complete, durations)
     result.claim_wait_ms = percentiles([w * 1000 for w in waits])
+    first_tokens = gmiq_first_tokens(stack.monitor(), tag, since)
+    result.first_token_ms = _first_token_ms(upstream, first_tokens)
     result.note = result.note or f"{config.producer_threads} producer threads in the bench process"
     return result
 

@@ -1,6 +1,8 @@
 """The naive baseline: a plain Celery task that posts the call with sync httpx2 and inserts the
 answer with SQLAlchemy. No job table, no claim, no lease, no retry bookkeeping: what one writes
 without gmiq. Its own app, queue and Redis prefix; same services, threads pool and concurrency.
+A streamed call (`"stream": true` in the body) is read line by line to its end, its text deltas
+joined, and the text, usage and time to first token stored; nobody is told of the deltas.
 
 Run as a worker: `python -m bench.naive --concurrency 200 --client shared` with gmiq's GMIQ_*
 environment (database, Redis, prefix, upstream URL and key).
@@ -10,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
 import httpx2
+import orjson
 from celery import Celery
 from sqlalchemy import BigInteger, DateTime, Engine, Text, create_engine, func
 from sqlalchemy.dialects.postgresql import JSONB
@@ -43,6 +47,8 @@ class NaiveResult(NaiveBase):
     body: Mapped[dict[str, Any]] = mapped_column(JSONB)
     # The bench's wall clock when it published the task, for the added latency.
     submitted_at: Mapped[float]
+    # Streamed calls: seconds from sending the request to the first text delta.
+    first_token_s: Mapped[float | None]
     finished_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
@@ -84,19 +90,52 @@ def register_task(app: Celery, settings: Settings, client_mode: str) -> None:
 
     @app.task(name=NAIVE_TASK)
     def call_llm(run: str, body: dict[str, Any], submitted_at: float) -> None:
-        if shared is not None:
-            response = shared.post(url, json=body, headers=headers)
+        first_token_s = None
+        if body.get("stream") is True:
+            sent = time.monotonic()
+            if shared is not None:
+                streamed = shared.stream("POST", url, json=body, headers=headers)
+            else:
+                streamed = httpx2.stream("POST", url, json=body, headers=headers, timeout=60)
+            with streamed as response:
+                answer, first_token_at = read_chat_stream(response)
+            status_code = response.status_code
+            first_token_s = None if first_token_at is None else first_token_at - sent
         else:
-            response = httpx2.post(url, json=body, headers=headers, timeout=60)
+            if shared is not None:
+                response = shared.post(url, json=body, headers=headers)
+            else:
+                response = httpx2.post(url, json=body, headers=headers, timeout=60)
+            status_code, answer = response.status_code, response.json()
         with Session(engine) as session, session.begin():
             session.add(
                 NaiveResult(
                     run=run,
-                    status_code=response.status_code,
-                    body=response.json(),
+                    status_code=status_code,
+                    body=answer,
                     submitted_at=submitted_at,
+                    first_token_s=first_token_s,
                 )
             )
+
+
+def read_chat_stream(response: httpx2.Response) -> tuple[dict[str, Any], float | None]:
+    """Read a streamed chat completion to `[DONE]`: its joined text and usage, and when
+    (time.monotonic()) the first text delta came."""
+    texts: list[str] = []
+    usage = None
+    first_token_at = None
+    for line in response.iter_lines():
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        chunk = orjson.loads(line[6:])
+        usage = chunk.get("usage") or usage
+        for choice in chunk.get("choices") or []:
+            text = choice.get("delta", {}).get("content")
+            if text:
+                first_token_at = first_token_at or time.monotonic()
+                texts.append(text)
+    return {"content": "".join(texts), "usage": usage}, first_token_at
 
 
 def publish(

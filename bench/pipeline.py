@@ -27,9 +27,10 @@ def submit_via_api(
     deadline_s: float,
     rate_per_s: float | None = None,
     client: str | None = None,
+    stream: bool = False,
 ) -> TrafficResult:
     """POST /v1/jobs `count` times over `concurrency` connections (or at a fixed rate)."""
-    body = orjson.dumps(job_submission(run_tag))
+    body = orjson.dumps(job_submission(run_tag, stream))
     url = f"{api_url}/v1/jobs"
     return run_traffic(
         lambda _: ("POST", url, body),
@@ -57,12 +58,17 @@ class ProducerResult:
 
 
 def submit_via_producer(
-    settings: Settings, run_tag: str, count: int, threads: int, deadline_s: float
+    settings: Settings,
+    run_tag: str,
+    count: int,
+    threads: int,
+    deadline_s: float,
+    stream: bool = False,
 ) -> ProducerResult:
     """Submit `count` jobs with the producer from `threads` threads; its connections are closed
     before returning (so their statistics reach Postgres)."""
     producer, sessions, app = build_producer(settings)
-    submission = JobSubmitRequest.model_validate(job_submission(run_tag))
+    submission = JobSubmitRequest.model_validate(job_submission(run_tag, stream))
     result = ProducerResult()
     lock = threading.Lock()
     remaining = [count]

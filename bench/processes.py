@@ -11,14 +11,20 @@ from bench.stack import GMIQ, LOOPBACK, Child, Stack, free_port
 from worker.waiting import wait_for
 
 
-def start_simulator(stack: Stack, latency_ms: float, api_key: str) -> tuple[Child, str]:
-    """`gmiq simulator` in its own process; returns it and its /v1/ base URL."""
+def start_simulator(
+    stack: Stack, latency_ms: float, api_key: str, chunk_delay_ms: float = 0.0
+) -> tuple[Child, str]:
+    """`gmiq simulator` in its own process, pausing `chunk_delay_ms` between the frames of a
+    streamed answer; returns it and its /v1/ base URL."""
     port = free_port()
     env = stack.env(GMIQ_SIMULATOR_API_KEY=api_key)
     args = [*GMIQ, "simulator", "--host", LOOPBACK, "--port", str(port)]
-    child = stack.spawn(
-        f"simulator-{latency_ms:g}ms", [*args, "--latency-ms", f"{latency_ms:g}"], env
-    )
+    args += ["--latency-ms", f"{latency_ms:g}"]
+    name = f"simulator-{latency_ms:g}ms"
+    if chunk_delay_ms:
+        args += ["--chunk-delay-ms", f"{chunk_delay_ms:g}"]
+        name += f"-chunks-{chunk_delay_ms:g}ms"
+    child = stack.spawn(name, args, env)
     base_url = f"http://{LOOPBACK}:{port}/v1/"
     stack.wait_http(child, base_url + "models")
     return child, base_url

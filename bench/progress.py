@@ -1,5 +1,6 @@
 """What Postgres says about a run's jobs: how many ended (polled with a deadline), when the last
-one ended, and each job's time from submission to stored result."""
+one ended, each job's time from submission to stored result, and, for streamed calls, each
+call's time to first token."""
 
 from __future__ import annotations
 
@@ -58,6 +59,21 @@ def gmiq_durations(engine: Engine, run_tag: str, since: float) -> tuple[list[flo
     return [float(row[0]) for row in rows], [float(row[1] or 0) for row in rows]
 
 
+def gmiq_first_tokens(engine: Engine, run_tag: str, since: float) -> list[float]:
+    """Seconds from sending the request to the first streamed delta, per attempt of the run's
+    jobs (the worker stores it on the attempt row)."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT time_to_first_token_s FROM attempt"
+                f" WHERE job_id IN (SELECT id FROM job WHERE {_GMIQ_RUN})"
+                " AND time_to_first_token_s IS NOT NULL"
+            ),
+            {"since": since, "tag": _tag(run_tag)},
+        ).all()
+    return [float(row[0]) for row in rows]
+
+
 def naive_progress(engine: Engine, run_tag: str) -> Progress:
     """The naive run's stored answers (it has no failure state: a failed task stores nothing)."""
     with engine.connect() as connection:
@@ -79,6 +95,19 @@ def naive_durations(engine: Engine, run_tag: str) -> list[float]:
             text(
                 "SELECT extract(epoch FROM finished_at) - submitted_at"
                 " FROM bench_naive_result WHERE run = :run"
+            ),
+            {"run": run_tag},
+        ).all()
+    return [float(row[0]) for row in rows]
+
+
+def naive_first_tokens(engine: Engine, run_tag: str) -> list[float]:
+    """Seconds from sending the request to the first text delta of each streamed naive task."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT first_token_s FROM bench_naive_result"
+                " WHERE run = :run AND first_token_s IS NOT NULL"
             ),
             {"run": run_tag},
         ).all()

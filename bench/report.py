@@ -42,6 +42,9 @@ class CaseResult:
     added_ms: dict[str, float] | None = None
     # gmiq only: time from insert to claim (queueing), in ms; added minus this is the work.
     claim_wait_ms: dict[str, float] | None = None
+    # Streamed calls: time from sending the upstream request to the first text delta, in ms (as
+    # the caller saw it for `limit`, as the worker saw it for the others: gmiq's attempt rows).
+    first_token_ms: dict[str, float] | None = None
     peak_rss_mb: float | None = None
     # CPU ms per job of each process involved; postgres and redis are server-wide.
     cpu_ms_per_job: dict[str, float] = field(default_factory=dict)
@@ -79,14 +82,18 @@ def case_table(cases: list[CaseResult]) -> str:
     by_name = {case.case: case for case in cases}
     limit = by_name.get("limit")
     naive = by_name.get("naive")
+    streamed = any(case.first_token_ms for case in cases)
     speed = (
         f"{'case':<15}{'jobs/s':>9}{'x limit':>9}{'x naive':>9}{'submit/s':>10}"
-        f"{'added p50':>11}{'p99':>9}{'claim wait p50':>16}{'p99':>9}  (ms)"
+        f"{'added p50':>11}{'p99':>9}{'claim wait p50':>16}{'p99':>9}"
+        + (f"{'TTFT p50':>10}{'p99':>9}" if streamed else "")
+        + "  (ms)"
     )
     lines = [speed, "-" * len(speed)]
     for case in cases:
         added = case.added_ms or {}
         wait = case.claim_wait_ms or {}
+        first = case.first_token_ms or {}
         lines.append(
             f"{case.case:<15}{_fmt(case.jobs_per_s, 1):>9}"
             f"{_fmt(ratio(case.jobs_per_s, limit.jobs_per_s if limit else None), 2):>9}"
@@ -94,6 +101,7 @@ def case_table(cases: list[CaseResult]) -> str:
             f"{_fmt(case.submit_per_s, 0):>10}{_fmt(added.get('p50'), 1):>11}"
             f"{_fmt(added.get('p99'), 1):>9}{_fmt(wait.get('p50'), 1):>16}"
             f"{_fmt(wait.get('p99'), 1):>9}"
+            + (f"{_fmt(first.get('p50'), 1):>10}{_fmt(first.get('p99'), 1):>9}" if streamed else "")
         )
         if case.completed < case.jobs or case.note:
             lines.append(f"{'':<15}{case.note}")

@@ -2,7 +2,8 @@
 on the local Postgres and Redis, in one command that starts and stops everything it uses.
 
 For each upstream latency: the simulator in its own process, then the cases of `bench.cases`;
-then the polling benchmark. Prints a table and writes bench/results/<timestamp>.json.
+then the same cases with streamed calls (`bench.streaming`); then the polling benchmark. Prints
+a table per part and writes bench/results/<timestamp>.json.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from importlib import metadata
 from types import FrameType
 from typing import Any
 
-from bench.cases import CASES, BenchConfig, Upstream, measure_latency
+from bench.cases import measure_latency
+from bench.config import CASES, BenchConfig, Upstream
 from bench.naive import CLIENT_MODES, create_table
 from bench.polling import measure_polling
 from bench.processes import start_simulator
@@ -36,14 +38,13 @@ from bench.report import (
 )
 from bench.scaling import measure_scaling, measure_wide
 from bench.stack import Stack
+from bench.streaming import describe_streaming, measure_streaming, streaming_title
 from bench.traffic import default_client
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 DRAIN_CASES = ("scaling", "wide")
-STREAMING_NOTE = (
-    "streaming: skipped (not measured yet: written before the worker streamed upstream answers)"
-)
+OTHER_CASES = ("streaming", "polling")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, help="calls in flight (default 200, quick 50)")
     parser.add_argument("--latencies", default="0,500", help="upstream latencies in ms")
     parser.add_argument(
-        "--cases", default=",".join([*CASES, *DRAIN_CASES, "polling"]), help="which cases"
+        "--cases", default=",".join([*CASES, *DRAIN_CASES, *OTHER_CASES]), help="which cases"
     )
     parser.add_argument(
         "--scale-workers", default="1,2,4", help="worker processes of the scaling case"
@@ -68,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--paced-jobs", type=int, help="jobs of gmiq-paced (default 8 s' worth)")
     parser.add_argument("--naive-client", choices=CLIENT_MODES, default="shared")
     parser.add_argument("--client", choices=("aiohttp", "httpx2"), default=default_client())
+    parser.add_argument(
+        "--stream-cases",
+        default=",".join(CASES),
+        help="which cases run with streamed calls",
+    )
+    parser.add_argument("--stream-jobs", type=int, help="jobs per streamed case (default --jobs)")
+    parser.add_argument(
+        "--stream-chunk-delay-ms",
+        type=float,
+        default=62.5,
+        help="simulator's pause between SSE frames (62.5: 500 ms per stream)",
+    )
     parser.add_argument("--poll-rows", type=int, help="jobs in the table (default 100000)")
     parser.add_argument("--poll-requests", type=int, help="GETs per server (default 5000)")
     parser.add_argument("--poll-concurrency", type=int, default=32)
@@ -81,8 +94,10 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
     """Fill the sizes --quick or the moderate defaults leave open."""
     quick = args.quick
     jobs = args.jobs or (200 if quick else 2000)
-    cases = tuple(name.strip() for name in args.cases.split(",") if name.strip())
-    unknown = set(cases) - {*CASES, *DRAIN_CASES, "polling"}
+    cases = _names(args.cases)
+    stream_cases = _names(args.stream_cases)
+    stream_jobs = args.stream_jobs or jobs
+    unknown = (set(cases) - {*CASES, *DRAIN_CASES, *OTHER_CASES}) | (set(stream_cases) - {*CASES})
     if unknown:
         raise SystemExit(f"bench: unknown cases {sorted(unknown)}")
     return BenchConfig(
@@ -94,7 +109,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         paced_jobs=args.paced_jobs or int(args.paced_rate * (2.5 if quick else 8)),
         naive_client=args.naive_client,
         client=args.client,
-        deadline_s=args.deadline or 60 + jobs / 20,
+        deadline_s=args.deadline or 60 + max(jobs, stream_jobs) / 20,
         cases=cases,
         poll_rows=args.poll_rows or (2000 if quick else 100_000),
         poll_requests=args.poll_requests or (800 if quick else 5000),
@@ -102,7 +117,14 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         scale_workers=tuple(int(v) for v in args.scale_workers.split(",") if v.strip()),
         wide_concurrency=args.wide_concurrency,
         wide_jobs=args.wide_jobs or args.wide_concurrency * (2 if quick else 4),
+        stream_cases=stream_cases,
+        stream_jobs=stream_jobs,
+        stream_chunk_delay_ms=args.stream_chunk_delay_ms,
     )
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def _versions() -> dict[str, str]:
@@ -122,13 +144,14 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def run(config: BenchConfig, stack: Stack) -> dict[str, Any]:
-    """Every latency's cases, then polling; returns the JSON document."""
+    """Every latency's cases, then the streamed ones, then polling; returns the JSON document."""
     stack.open()
     create_table(stack.monitor())
     by_latency: dict[float, list[CaseResult]] = {}
     drains: list[CaseResult] = []
     api_key = "bench-" + secrets.token_hex(8)
-    for latency in config.latencies_ms:
+    latency_cases = {*CASES, *DRAIN_CASES} & set(config.cases)
+    for latency in config.latencies_ms if latency_cases else ():
         print(f"upstream latency {latency:g} ms:", flush=True)
         child, base_url = start_simulator(stack, latency, api_key)
         try:
@@ -140,6 +163,7 @@ def run(config: BenchConfig, stack: Stack) -> dict[str, Any]:
                 drains = _drains(stack, upstream, config, by_latency[latency])
         finally:
             stack.stop(child)
+    streaming = _streaming(stack, config, api_key)
     polling: dict[str, Any] = {"skipped": "not selected"}
     if "polling" in config.cases:
         print("polling ...", flush=True)
@@ -162,10 +186,22 @@ def run(config: BenchConfig, stack: Stack) -> dict[str, Any]:
         "versions": _versions(),
         "latencies": {f"{k:g}": case_dicts(v) for k, v in by_latency.items()},
         "drains": case_dicts(drains),
-        "streaming": STREAMING_NOTE,
+        "streaming": streaming,
         "polling": polling,
         "targets": checks,
     }
+
+
+def _streaming(stack: Stack, config: BenchConfig, api_key: str) -> dict[str, Any]:
+    """The streaming part, when selected; prints its table."""
+    if "streaming" not in config.cases or not config.stream_cases:
+        return {"skipped": "not selected"}
+    pacing = describe_streaming(config)
+    print(f"{pacing}:", flush=True)
+    cases = measure_streaming(stack, config, api_key)
+    print(streaming_title(config))
+    print(case_table(cases) + "\n", flush=True)
+    return {"pacing": pacing, "cases": case_dicts(cases)}
 
 
 def _drains(
@@ -226,7 +262,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         stack.close()
     document["duration_s"] = time.monotonic() - started
-    print(STREAMING_NOTE)
     print(polling_table(document["polling"]))
     print(targets_table(document["targets"]))
     path = write_json(document)

@@ -17,15 +17,8 @@ from dataclasses import replace
 
 from api_contracts.jobs import JobSubmitRequest
 from api_contracts.messages import JobMessage
-from bench.cases import (
-    BenchConfig,
-    Upstream,
-    bench_settings,
-    measure_limit,
-    run_tag,
-    store_outcome,
-    worker_env,
-)
+from bench.cases import measure_limit, store_outcome
+from bench.config import BenchConfig, Upstream, bench_settings, run_tag, worker_env
 from bench.meters import CpuMeter, RssSampler
 from bench.processes import start_workers
 from bench.progress import gmiq_durations, gmiq_progress, wait_for_progress

@@ -1,6 +1,7 @@
 """HTTP traffic from one asyncio client with bounded concurrency: aiohttp when it is installed,
 else httpx2's AsyncClient. Closed loop (each lane sends its next request when the last one
-answered) or open loop at a fixed rate; every run is bounded by a count and a deadline."""
+answered) or open loop at a fixed rate; every run is bounded by a count and a deadline. Given a
+first-token marker, bodies are read as they stream and the time until the marker shows is kept."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from dataclasses import dataclass, field
 
 # (method, url, body) of the i-th request.
 Plan = Callable[[int], tuple[str, str, bytes | None]]
-Send = Callable[[str, str, bytes | None], Awaitable[int]]
+# Sends one request and reads its body: the status, and when (time.monotonic()) the first-token
+# marker arrived, if one was asked for and came.
+Send = Callable[[str, str, bytes | None], Awaitable[tuple[int, float | None]]]
 
 
 def default_client() -> str:
@@ -29,6 +32,8 @@ class TrafficResult:
     started_at: float = 0.0
     ended_at: float = 0.0
     latencies_s: list[float] = field(default_factory=list)
+    # Streamed bodies: seconds from sending to the first-token marker.
+    first_token_s: list[float] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     timed_out: bool = False
@@ -50,11 +55,39 @@ def run_traffic(
     deadline_s: float,
     rate_per_s: float | None = None,
     client: str | None = None,
+    first_token: bytes | None = None,
 ) -> TrafficResult:
-    """Send `count` requests over `concurrency` connections; stop at the deadline."""
+    """Send `count` requests over `concurrency` connections; stop at the deadline. With
+    `first_token`, each body is read chunk by chunk, timing when that marker first shows."""
     return asyncio.run(
-        _run(plan, count, concurrency, headers, deadline_s, rate_per_s, client or default_client())
+        _run(
+            plan,
+            count,
+            concurrency,
+            headers,
+            deadline_s,
+            rate_per_s,
+            client or default_client(),
+            first_token,
+        )
     )
+
+
+class _MarkerWatch:
+    """Finds the first-token marker in a body read in chunks (it may straddle two)."""
+
+    def __init__(self, marker: bytes | None) -> None:
+        self._marker = marker
+        self._tail = b""
+        self.seen_at: float | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        if self._marker is None or self.seen_at is not None:
+            return
+        window = self._tail + chunk
+        if self._marker in window:
+            self.seen_at = time.monotonic()
+        self._tail = window[-len(self._marker) :]
 
 
 async def _run(
@@ -65,6 +98,7 @@ async def _run(
     deadline_s: float,
     rate_per_s: float | None,
     client: str,
+    first_token: bytes | None,
 ) -> TrafficResult:
     result = TrafficResult(client=client)
     if client == "aiohttp":
@@ -76,10 +110,17 @@ async def _run(
             connector=connector, timeout=timeout, headers=headers
         ) as session:
 
-            async def send_aiohttp(method: str, url: str, body: bytes | None) -> int:
+            async def send_aiohttp(
+                method: str, url: str, body: bytes | None
+            ) -> tuple[int, float | None]:
+                watch = _MarkerWatch(first_token)
                 async with session.request(method, url, data=body) as response:
-                    await response.read()
-                    return response.status
+                    if first_token is None:
+                        await response.read()
+                    else:
+                        async for chunk in response.content.iter_any():
+                            watch.feed(chunk)
+                    return response.status, watch.seen_at
 
             await _drive(send_aiohttp, plan, count, concurrency, deadline_s, rate_per_s, result)
         return result
@@ -88,9 +129,17 @@ async def _run(
     limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx2.AsyncClient(limits=limits, timeout=deadline_s, headers=headers) as http:
 
-        async def send_httpx2(method: str, url: str, body: bytes | None) -> int:
-            response = await http.request(method, url, content=body)
-            return response.status_code
+        async def send_httpx2(
+            method: str, url: str, body: bytes | None
+        ) -> tuple[int, float | None]:
+            if first_token is None:
+                response = await http.request(method, url, content=body)
+                return response.status_code, None
+            watch = _MarkerWatch(first_token)
+            async with http.stream(method, url, content=body) as response:
+                async for chunk in response.aiter_bytes():
+                    watch.feed(chunk)
+            return response.status_code, watch.seen_at
 
         await _drive(send_httpx2, plan, count, concurrency, deadline_s, rate_per_s, result)
     return result
@@ -119,11 +168,13 @@ async def _drive(
                 await asyncio.sleep(max(0.0, start + index / rate_per_s - time.monotonic()))
             sent = time.monotonic()
             try:
-                status = await send(*plan(index))
+                status, first_token_at = await send(*plan(index))
             except Exception as exc:  # every failure is counted, none stops the run
                 result.errors[type(exc).__name__] += 1
                 continue
             result.latencies_s.append(time.monotonic() - sent)
+            if first_token_at is not None:
+                result.first_token_s.append(first_token_at - sent)
             result.statuses[status] += 1
 
     lanes = [asyncio.ensure_future(lane()) for _ in range(max(1, min(concurrency, count)))]
