@@ -722,7 +722,11 @@ def _job_records(
     return [orjson.loads(document) for document in session.scalars(query)]
 
 
+# Polling's statement, built once (see `_build_claim`).
+_GET_JOB_RECORD = select(_JOB_RECORD).select_from(_JOB).where(_JOB.c.id == bindparam("b_id"))
+
+
 def get_job_record(session: Session, job_id: uuid.UUID) -> JobRecord | None:
     """The job with its tool calls, usage, attempts and webhook events, or None."""
-    found = _job_records(session, _JOB.c.id == job_id)
-    return found[0] if found else None
+    document = session.connection().execute(_GET_JOB_RECORD, {"b_id": job_id}).scalar()
+    return None if document is None else orjson.loads(document)
