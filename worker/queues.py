@@ -28,6 +28,11 @@ def publish_job(app: Celery, message: JobMessage) -> None:
     app.send_task(
         RUN_JOB_TASK,
         args=[message.model_dump(mode="json")],
+        # What monitoring (Flower, task events, logs) shows instead of the arguments: the job
+        # id, not the caller's prompt; and Celery skips its safe-repr of the whole request,
+        # which cost half the publish's CPU.
+        argsrepr=f"[job {message.job_id}]",
+        kwargsrepr="{}",
         queue=QUEUE_BY_PRIORITY[message.priority],
         retry=True,
         retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},

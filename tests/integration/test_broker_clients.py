@@ -1,8 +1,10 @@
-"""Publishing reuses one Redis client per kombu channel, and the messages still land on the
-deployment's prefixed queues."""
+"""Publishing reuses one Redis client per kombu channel, the messages still land on the
+deployment's prefixed queues, and what monitoring sees of a job message is its id."""
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -47,3 +49,25 @@ def test_publishes_share_one_client_and_reach_the_prefixed_queues(
         app.close()
     depths = queue_depths(redis_client, broker_key_prefix(settings))
     assert (depths["gmiq.high"], depths["gmiq.normal"], depths["gmiq.low"]) == (1, 2, 0)
+
+
+def test_a_job_message_shows_monitoring_its_id_not_the_prompt(
+    deployment: Callable[..., Settings], redis_client: redis.Redis
+) -> None:
+    settings = deployment()
+    app = create_celery_app(settings)
+    secret_prompt = f"confidential-{uuid.uuid4().hex}"
+    job = message("normal").model_copy(
+        update={"request": {"messages": [{"role": "user", "content": secret_prompt}]}}
+    )
+    try:
+        publish_job(app, job)
+    finally:
+        app.close()
+    (raw,) = redis_client.lrange(f"{broker_key_prefix(settings)}gmiq.normal", 0, -1)
+    envelope = json.loads(raw)
+    assert envelope["headers"]["argsrepr"] == f"[job {job.job_id}]"
+    assert secret_prompt not in json.dumps(envelope["headers"])
+    # The prompt travels only in the body, which the worker needs.
+    args, _, _ = json.loads(base64.b64decode(envelope["body"]))
+    assert args[0]["request"]["messages"][0]["content"] == secret_prompt
