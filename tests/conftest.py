@@ -115,12 +115,15 @@ def deployment(
 class WorkerProcess:
     """A real `gmiq worker` process."""
 
-    def __init__(self, settings: Settings, concurrency: int, log_path: Path) -> None:
+    def __init__(
+        self, settings: Settings, concurrency: int, log_path: Path, queues: str = "all"
+    ) -> None:
         self.settings = settings
         self.log_path = log_path
         self._log = log_path.open("wb")
+        command = ["worker", "--concurrency", str(concurrency), "--queues", queues]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "worker", "--concurrency", str(concurrency)],
+            [sys.executable, "-m", "worker.cli", *command],
             env=settings_env(settings),
             cwd=REPO,
             stdout=self._log,
@@ -168,8 +171,11 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start real worker processes; each is stopped (or reaped if killed) after the test."""
     started: list[WorkerProcess] = []
 
-    def start(settings: Settings, concurrency: int = 16, wait: bool = True) -> WorkerProcess:
-        worker = WorkerProcess(settings, concurrency, tmp_path / f"worker-{len(started)}.log")
+    def start(
+        settings: Settings, concurrency: int = 16, wait: bool = True, queues: str = "all"
+    ) -> WorkerProcess:
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        worker = WorkerProcess(settings, concurrency, log_path, queues)
         started.append(worker)
         if wait:
             worker.wait_ready()

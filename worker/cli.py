@@ -66,14 +66,26 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _consumed_queues(which: str) -> tuple[str, ...]:
+    """The queues a worker reads, in the order it prefers them."""
+    from worker.queues import JOB_QUEUES
+    from worker.webhooks import WEBHOOK_QUEUE
+
+    # With both, webhooks come last: deliveries take threads only when no LLM job waits, so a
+    # queue that never drains starves them; a dedicated `--queues webhooks` worker does not.
+    return {
+        "all": (*JOB_QUEUES, WEBHOOK_QUEUE),
+        "jobs": JOB_QUEUES,
+        "webhooks": (WEBHOOK_QUEUE,),
+    }[which]
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Run a Celery worker: one process, many calls in flight on a thread pool."""
     from celery.signals import worker_ready, worker_shutting_down
 
     from worker.celery_app import create_celery_app
-    from worker.queues import JOB_QUEUES
     from worker.runtime import build_runtime, install_runtime
-    from worker.webhooks import WEBHOOK_QUEUE
 
     _require_services(settings)
     app = create_celery_app(settings)
@@ -96,8 +108,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
                 "worker",
                 "--pool=threads",
                 f"--concurrency={concurrency}",
-                # Webhooks last: deliveries take threads only when no LLM job is waiting.
-                f"--queues={','.join((*JOB_QUEUES, WEBHOOK_QUEUE))}",
+                f"--queues={','.join(_consumed_queues(args.queues))}",
                 f"--hostname=gmiq-{uuid.uuid4().hex[:8]}@%h",
                 "--without-gossip",
                 "--without-mingle",
@@ -218,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run a worker")
     worker.add_argument("--concurrency", type=int, help="calls in flight per process")
+    worker.add_argument(
+        "--queues",
+        choices=("all", "jobs", "webhooks"),
+        default="all",
+        help="what to consume (default all; run a `webhooks` worker when jobs never stop coming)",
+    )
     worker.set_defaults(func=cmd_worker)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)

@@ -16,14 +16,17 @@ from typing import Any
 
 import orjson
 import pytest
+import redis
 from sqlalchemy import Engine, text
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from tests.conftest import ApiServer, WorkerProcess, count_rows, wait_for
 from tests.integration.test_pipeline import poll_terminal
+from worker.celery_app import broker_key_prefix
 from worker.cli import build_parser
 from worker.settings import Settings
 from worker.simulator import SimulatorServer
+from worker.webhooks import WEBHOOK_QUEUE
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}]}
 
@@ -240,6 +243,31 @@ def test_each_terminal_job_sends_exactly_one_signed_event(
         assert event.status == "delivered"
         assert count_rows(engine, "webhook_attempt", "event_id = :e", e=event.id) == 1
     assert event_of(engine, no_callback["id"]) is None
+
+
+def test_a_jobs_only_worker_leaves_deliveries_to_a_webhooks_worker(
+    deployment: Callable[..., Settings],
+    start_worker: Callable[..., WorkerProcess],
+    start_api: Callable[[Settings], ApiServer],
+    sim: SimulatorServer,
+    receiver: Receiver,
+    engine: Engine,
+    redis_client: redis.Redis,
+) -> None:
+    settings = webhook_settings(deployment)
+    api = start_api(settings)
+    start_worker(settings, queues="jobs")
+    job = submit(api, receiver.url("/split"))
+    assert poll_terminal(api, job)["status"] == "succeeded"
+    # The jobs-only worker's dispatcher publishes the delivery; nobody there consumes it.
+    webhooks_queue = f"{broker_key_prefix(settings)}{WEBHOOK_QUEUE}"
+    wait_for(lambda: redis_client.llen(webhooks_queue) >= 1, 20, "the delivery to be queued")
+    assert receiver.received("/split") == []
+    assert event_of(engine, job).status == "pending"
+
+    start_worker(settings, queues="webhooks")
+    wait_event(engine, job, "delivered")
+    assert len(receiver.accepted("/split")) == 1
 
 
 def test_delivery_retries_through_500_timeout_and_refusal_then_succeeds(

@@ -31,13 +31,17 @@ def _setting_names() -> set[str]:
 
 def test_the_main_compose_file_runs_migrations_before_the_api_and_workers() -> None:
     services = _load(REPO / "docker-compose.yml")["services"]
-    assert {"postgres", "redis", "migrate", "api", "worker"} <= set(services)
-    for role in ("api", "worker"):
+    assert {"postgres", "redis", "migrate", "api", "worker", "webhook-worker"} <= set(services)
+    for role in ("api", "worker", "webhook-worker"):
         needs = services[role]["depends_on"]
         assert needs["migrate"]["condition"] == "service_completed_successfully"
     # A worker's SIGTERM grace must fit in the container's stop period.
-    grace = int(services["worker"]["stop_grace_period"].rstrip("s"))
-    assert grace > Settings.model_fields["shutdown_grace_s"].default
+    for role in ("worker", "webhook-worker"):
+        grace = int(services[role]["stop_grace_period"].rstrip("s"))
+        assert grace > Settings.model_fields["shutdown_grace_s"].default
+    # Between them, the workers consume every queue.
+    consumed = {services[role]["command"][3] for role in ("worker", "webhook-worker")}
+    assert consumed == {"jobs", "webhooks"}
 
 
 @pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
