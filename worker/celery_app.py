@@ -9,6 +9,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 from kombu.transport import redis as kombu_redis
+from sqlalchemy.exc import OperationalError
 
 from worker.queues import JOB_QUEUES
 from worker.settings import Settings
@@ -54,6 +55,20 @@ def _tolerate_lost_channel() -> None:
         method = getattr(qos, name)
         if not getattr(method, "_gmiq_tolerant", False):
             setattr(qos, name, _tolerant(method, what))
+
+
+# A database outage must not eat a message (a Redis-only producer's message is the only copy
+# of its job): Celery republishes it with backoff until Postgres answers again. The job and the
+# webhook task both take these options.
+RETRY_WHILE_DATABASE_DOWN: dict[str, Any] = {
+    "acks_late": True,
+    "ignore_result": True,
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,
+    "retry_jitter": True,
+    "max_retries": None,
+}
 
 
 def broker_key_prefix(settings: Settings) -> str:

@@ -243,8 +243,7 @@ class JobRunner:
                 status_code,
                 result,
                 parsed,
-                timing.first_token_s,
-                timing.tokens_per_s,
+                *_speed(timing),
             )
         return "succeeded" if stored else "superseded"
 
@@ -276,10 +275,14 @@ class JobRunner:
             return self._fail(claim, deadline_error(total_s, error), timing)
         with unit_of_work(self.sessions) as session:
             stored = repository.record_retry(
-                session, claim, self.worker_id, error, decision.delay_s, decision.reason
+                session,
+                claim,
+                self.worker_id,
+                error,
+                decision.delay_s,
+                decision.reason,
+                *_speed(timing),
             )
-            if stored:
-                _store_timing(session, claim, timing)
         return "retrying" if stored else "superseded"
 
     def _fail(
@@ -289,9 +292,9 @@ class JobRunner:
         timing: AttemptTiming | None = None,
     ) -> str:
         with unit_of_work(self.sessions) as session:
-            stored = repository.record_failure(session, claim, self.worker_id, error)
-            if stored:
-                _store_timing(session, claim, timing)
+            stored = repository.record_failure(
+                session, claim, self.worker_id, error, *_speed(timing)
+            )
         return "failed" if stored else "superseded"
 
 
@@ -331,11 +334,11 @@ def _output_tokens(parsed: ParsedResult) -> int | None:
     return parsed.usage.output_tokens if parsed.usage is not None else None
 
 
-def _store_timing(
-    session: Session, claim: repository.ClaimedJob, timing: AttemptTiming | None
-) -> None:
-    if timing is not None:
-        repository.record_attempt_timing(session, claim, timing.first_token_s, timing.tokens_per_s)
+def _speed(timing: AttemptTiming | None) -> tuple[float | None, float | None]:
+    """Time to first token and tokens per second, as the `record_*` functions take them."""
+    if timing is None:
+        return None, None
+    return timing.first_token_s, timing.tokens_per_s
 
 
 def _error(error_type: str, message: str, status_code: int | None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -432,13 +433,17 @@ def record_failure(
     claim: ClaimedJob,
     worker_id: str,
     error: dict[str, Any],
+    first_token_s: float | None = None,
+    tokens_per_s: float | None = None,
 ) -> bool:
-    """Mark the job failed with the error; the attempt keeps the same error."""
+    """Mark the job failed with the error; the attempt keeps the same error (and how fast the
+    call answered, for a stream that broke)."""
     if not _finish_job(
         session, claim, worker_id, {"status": "failed", "finished_at": func.now(), "error": error}
     ):
         return False
-    _close_attempt(session, claim, "failed", _attempt_error(error))
+    values = _attempt_error(error) | _timing(first_token_s, tokens_per_s)
+    _close_attempt(session, claim, "failed", values)
     webhook_store.create_job_event(session, claim.id)
     return True
 
@@ -466,6 +471,8 @@ def record_retry(
     error: dict[str, Any],
     delay_s: float,
     reason: str,
+    first_token_s: float | None = None,
+    tokens_per_s: float | None = None,
 ) -> bool:
     """Park the job as retrying; the dispatcher publishes it when `next_attempt_at` comes.
     A job whose cancellation was asked for while it ran is cancelled here instead."""
@@ -483,7 +490,7 @@ def record_retry(
     ):
         return False
     values = _attempt_error(error) | {"delay_s": delay_s, "delay_reason": reason}
-    _close_attempt(session, claim, "retry", values)
+    _close_attempt(session, claim, "retry", values | _timing(first_token_s, tokens_per_s))
     # Makes an event only if the CASE above cancelled the job.
     webhook_store.create_job_event(session, claim.id)
     return True
@@ -497,18 +504,8 @@ def _attempt_error(error: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def record_attempt_timing(
-    session: Session,
-    claim: ClaimedJob,
-    time_to_first_token_s: float | None,
-    tokens_per_s: float | None,
-) -> None:
-    """Store how fast an attempt answered (call it with the attempt's outcome)."""
-    session.execute(
-        update(Attempt)
-        .where(Attempt.job_id == claim.id, Attempt.number == claim.attempt)
-        .values(time_to_first_token_s=time_to_first_token_s, tokens_per_s=tokens_per_s)
-    )
+def _timing(first_token_s: float | None, tokens_per_s: float | None) -> dict[str, Any]:
+    return {"time_to_first_token_s": first_token_s, "tokens_per_s": tokens_per_s}
 
 
 def cancel_job(session: Session, job_id: uuid.UUID) -> Job | None:
@@ -571,18 +568,29 @@ def release_jobs(session: Session, job_ids: Sequence[uuid.UUID], worker_id: str)
         )
         .returning(Job.id, Job.attempt_count)
     ).all()
-    for job_id, attempt in released:
-        session.execute(
-            update(Attempt)
-            .where(Attempt.job_id == job_id, Attempt.number == attempt)
-            .values(
-                outcome="lost",
-                finished_at=func.now(),
-                error_type="worker_shutdown",
-                error_message="the worker shut down before the call finished; handed back",
-            )
-        )
+    _lose_attempts(
+        session,
+        [(job_id, attempt) for job_id, attempt in released],
+        "worker_shutdown",
+        "the worker shut down before the call finished; handed back",
+    )
     return len(released)
+
+
+def _lose_attempts(
+    session: Session, attempts: Sequence[tuple[uuid.UUID, int]], error_type: str, message: str
+) -> None:
+    """Close the given (job, attempt number) attempts as lost, in one statement."""
+    if not attempts:
+        return
+    attempt = _tables["attempt"]
+    session.connection().execute(
+        update(attempt)
+        .where(tuple_(attempt.c.job_id, attempt.c.number).in_(attempts))
+        .values(
+            outcome="lost", finished_at=func.now(), error_type=error_type, error_message=message
+        )
+    )
 
 
 def reap_expired_leases(session: Session, max_lost: int, limit: int) -> list[uuid.UUID]:
@@ -595,18 +603,14 @@ def reap_expired_leases(session: Session, max_lost: int, limit: int) -> list[uui
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
+    _lose_attempts(
+        session,
+        [(job_id, attempt) for job_id, attempt, _ in expired],
+        "worker_lost",
+        "the worker running this attempt stopped renewing its lease",
+    )
     requeued: list[uuid.UUID] = []
-    for job_id, attempt, lost in expired:
-        session.execute(
-            update(Attempt)
-            .where(Attempt.job_id == job_id, Attempt.number == attempt)
-            .values(
-                outcome="lost",
-                finished_at=func.now(),
-                error_type="worker_lost",
-                error_message="the worker running this attempt stopped renewing its lease",
-            )
-        )
+    for job_id, _, lost in expired:
         if lost + 1 >= max_lost:
             error = {
                 "type": "worker_lost",

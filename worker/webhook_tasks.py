@@ -6,8 +6,8 @@ import logging
 import uuid
 
 from celery import shared_task
-from sqlalchemy.exc import OperationalError
 
+from worker.celery_app import RETRY_WHILE_DATABASE_DOWN
 from worker.runtime import current_runtime
 from worker.webhooks import DELIVER_WEBHOOK_TASK
 
@@ -16,16 +16,7 @@ log = logging.getLogger(__name__)
 
 # No Celery-level retries of the POST: the schedule lives in Postgres. A database outage only
 # puts the message back, like job messages.
-@shared_task(
-    name=DELIVER_WEBHOOK_TASK,
-    acks_late=True,
-    ignore_result=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=1,
-    retry_backoff_max=30,
-    retry_jitter=True,
-    max_retries=None,
-)
+@shared_task(name=DELIVER_WEBHOOK_TASK, **RETRY_WHILE_DATABASE_DOWN)
 def deliver_webhook(event_id: str, attempt: int) -> str:
     """Make one attempt of one event; duplicates and stale messages are no-ops."""
     outcome = current_runtime().webhooks.deliver(uuid.UUID(event_id), attempt)
