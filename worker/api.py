@@ -108,7 +108,8 @@ class BodySizeLimit:
         await response(scope, receive, send)
 
 
-def _parse_id(job_id: str) -> uuid.UUID:
+def parse_job_id(job_id: str) -> uuid.UUID:
+    """A job id from a path; anything that is not a UUID names no job (404)."""
     try:
         return uuid.UUID(job_id)
     except ValueError as exc:
@@ -150,7 +151,7 @@ def create_app(
     @app.get("/v1/jobs/{job_id}", response_model=JobView)
     def get_job(job_id: str) -> JobView:
         """The job's current view."""
-        return producer.get(_parse_id(job_id))
+        return producer.get(parse_job_id(job_id))
 
     @app.get("/v1/jobs", response_model=JobListView)
     def list_jobs(
@@ -171,7 +172,7 @@ def create_app(
     @app.post("/v1/jobs/{job_id}/cancel", response_model=JobView)
     def cancel_job(job_id: str) -> JobView:
         """Cancel a job that has not started; a running job is flagged and not retried."""
-        return producer.cancel(_parse_id(job_id))
+        return producer.cancel(parse_job_id(job_id))
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:

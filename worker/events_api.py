@@ -24,9 +24,9 @@ from starlette.concurrency import run_in_threadpool
 from api_contracts.errors import FieldErrorView
 from api_contracts.events import FINAL_EVENT
 from api_contracts.jobs import TERMINAL_STATUSES
-from worker.api import error_response
+from worker.api import error_response, parse_job_id
 from worker.job_events import ENTRY_ID, START, events_key, read_events
-from worker.producer import JobNotFoundError, JobProducer
+from worker.producer import JobProducer
 from worker.sse import encode_event
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,7 @@ def create_events_router(
     @router.get("/v1/jobs/{job_id}/events", response_model=None)
     async def follow_job(job_id: str, last_event_id: Annotated[str | None, Header()] = None) -> Any:
         """The job's events as `text/event-stream`; resumable with `Last-Event-ID`."""
-        try:
-            parsed = uuid.UUID(job_id)
-        except ValueError as exc:
-            raise JobNotFoundError(job_id) from exc
+        parsed = parse_job_id(job_id)
         after = (last_event_id or START).strip()
         if not ENTRY_ID.match(after):
             message = "must be an event id this stream sent (`<ms>-<seq>`)"
@@ -59,9 +56,9 @@ def create_events_router(
                 f"Last-Event-ID: {message}",
                 [FieldErrorView(field="Last-Event-ID", message=message)],
             )
-        view = await run_in_threadpool(producer.get, parsed)
+        status = await run_in_threadpool(producer.status, parsed)
         follower = _Follower(producer, connect, events_key(prefix, parsed), parsed, idle_s)
-        stream = follower.events(after, view.status in TERMINAL_STATUSES)
+        stream = follower.events(after, status in TERMINAL_STATUSES)
         return StreamingResponse(stream, media_type="text/event-stream", headers=_SSE_HEADERS)
 
     return router
@@ -105,8 +102,8 @@ class _Follower:
                 if ended:
                     yield await self._final_view(None)
                     return
-                view = await run_in_threadpool(self._producer.get, self._job_id)
-                ended = view.status in TERMINAL_STATUSES
+                status = await run_in_threadpool(self._producer.status, self._job_id)
+                ended = status in TERMINAL_STATUSES
                 yield _KEEP_ALIVE
         except (redis.RedisError, OSError) as exc:
             # The follower sees the stream end and reconnects with its Last-Event-ID.

@@ -195,6 +195,14 @@ class JobProducer:
             raise JobNotFoundError(str(job_id))
         return _view(record)
 
+    def status(self, job_id: uuid.UUID) -> str:
+        """Only the job's status: one indexed read, no children."""
+        with self.sessions() as session:
+            status = repository.get_job_status(session, job_id)
+        if status is None:
+            raise JobNotFoundError(str(job_id))
+        return status
+
     def list(self, status: str | None, limit: int, cursor: str | None) -> JobListView:
         """A page of jobs, newest first."""
         before = decode_cursor(cursor) if cursor else None

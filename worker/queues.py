@@ -23,6 +23,11 @@ JOB_QUEUES: tuple[str, ...] = ("gmiq.high", "gmiq.normal", "gmiq.low")
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 
+# A publish that cannot reach Redis retries briefly, then raises so the caller can defer it to
+# the dispatcher (jobs and webhook deliveries alike).
+PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2}
+
+
 def publish_job(app: Celery, message: JobMessage) -> None:
     """Put a job message on its priority's queue; raises if Redis cannot take it."""
     app.send_task(
@@ -35,7 +40,7 @@ def publish_job(app: Celery, message: JobMessage) -> None:
         kwargsrepr="{}",
         queue=QUEUE_BY_PRIORITY[message.priority],
         retry=True,
-        retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
+        retry_policy=PUBLISH_RETRY_POLICY,
     )
 
 

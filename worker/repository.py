@@ -150,6 +150,11 @@ def get_job(session: Session, job_id: uuid.UUID) -> Job | None:
     return session.get(Job, job_id)
 
 
+def get_job_status(session: Session, job_id: uuid.UUID) -> str | None:
+    """Only the job's status (what a follower checks while it waits), or None."""
+    return session.scalar(select(Job.status).where(Job.id == job_id))
+
+
 def find_job_by_idempotency_key(session: Session, key: str) -> JobRecord | None:
     """The job first submitted with this key, with its children, or None."""
     found = _job_records(session, _JOB.c.idempotency_key == key)

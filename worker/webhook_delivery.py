@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker import repository, webhook_store
 from worker.db import unit_of_work
+from worker.queues import PUBLISH_RETRY_POLICY
 from worker.retry_policy import parse_retry_after
 from worker.secret_box import SecretBox, SecretUnreadableError
 from worker.settings import Settings
@@ -60,7 +61,7 @@ def publish_delivery(app: Celery, event_id: uuid.UUID, number: int) -> None:
         args=[str(event_id), number],
         queue=WEBHOOK_QUEUE,
         retry=True,
-        retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
+        retry_policy=PUBLISH_RETRY_POLICY,
     )
 
 

@@ -17,7 +17,8 @@ import pytest
 from sqlalchemy import Engine, text
 
 from tests import services as service_fixtures
-from tests.conftest import SIM_KEY, ApiServer, WorkerProcess, make_settings, wait_for
+from tests.conftest import SIM_KEY, ApiServer, WorkerProcess, make_settings
+from tests.integration.test_pipeline import poll_terminal
 from worker.settings import Settings
 from worker.simulator import SimulatorServer
 
@@ -285,15 +286,6 @@ def submit_job(api: ApiServer, kind: str, request: dict[str, Any], **extra: Any)
     return job_id
 
 
-def finish(api: ApiServer, job_id: str) -> dict[str, Any]:
-    def ended() -> dict[str, Any] | None:
-        view: dict[str, Any] = api.client.get(f"/v1/jobs/{job_id}").json()
-        return view if view["status"] in ("succeeded", "failed", "cancelled") else None
-
-    result: dict[str, Any] = wait_for(ended, 30, f"job {job_id} to end", every_s=0.05)
-    return result
-
-
 def stored_request(engine: Engine, job_id: str) -> dict[str, Any]:
     with engine.connect() as connection:
         stored: dict[str, Any] = connection.execute(
@@ -307,7 +299,7 @@ def run_job(stack: Stack, engine: Engine, kind: str, request: dict[str, Any], **
     if any(tool.get("type") == "web_search_preview" for tool in request.get("tools", [])):
         script_web_search(stack.sim, request)
     job_id = submit_job(stack.api, kind, request, **extra)
-    view = finish(stack.api, job_id)
+    view = poll_terminal(stack.api, job_id)
     bodies = [r["body"] for r in stack.sim.requests() if r["path"].endswith(PATHS[kind])]
     assert bodies, f"nothing reached the simulator for {kind}"
     return Ran(view, bodies[-1], stored_request(engine, job_id))

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import Engine
 
 from tests import services as service_fixtures
+from tests.integration.test_pipeline import poll_terminal
 from tests.integration.test_request_surface import (
     ASK,
     FEATURES,
@@ -22,7 +23,6 @@ from tests.integration.test_request_surface import (
     TIDES,
     WEATHER,
     Stack,
-    finish,
     run_job,
     running_stack,
     stored_request,
@@ -87,7 +87,7 @@ def _run_all(
         for name, (kind, request, extra) in jobs.items()
     }
     for name, job_id in ids.items():
-        assert finish(stack.api, job_id)["status"] == "succeeded", name
+        assert poll_terminal(stack.api, job_id)["status"] == "succeeded", name
     return ids
 
 
@@ -102,10 +102,10 @@ def sent(stack: Stack, engine: Engine) -> dict[str, list[tuple[str, Any]]]:
         "response_parent": ("response", {"input": [ASK], "tools": [FLAT_WEATHER]}, {}),
     }
     ids = _run_all(stack, {**plain, **parents})
-    chat_parent = finish(stack.api, ids["chat_parent"])
+    chat_parent = poll_terminal(stack.api, ids["chat_parent"])
     calls = chat_parent["result"]["choices"][0]["message"]["tool_calls"]
     answers = [{"role": "tool", "tool_call_id": c["id"], "content": "ok"} for c in calls]
-    [call] = finish(stack.api, ids["response_parent"])["tool_calls"]
+    [call] = poll_terminal(stack.api, ids["response_parent"])["tool_calls"]
     output = {"type": "function_call_output", "call_id": call["call_id"], "output": "ok"}
     follow_ups = {
         "chat_follow_up": ("chat", {"messages": answers}, {"parent_job_id": ids["chat_parent"]}),

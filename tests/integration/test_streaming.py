@@ -4,7 +4,6 @@ to Redis Streams, and `GET /v1/jobs/{id}/events` serves it live, resumable, or r
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -254,10 +253,15 @@ def test_follower_of_a_job_nobody_runs_ends_when_it_is_cancelled(
     # No worker: nobody publishes the end, so the follower learns it from Postgres.
     api = start_api(deployment(events_idle_s=0.2))
     job_id = submit_job(api, "chat", {"messages": [{"role": "user", "content": "never"}]})
-    with ThreadPoolExecutor(1) as pool:
-        following = pool.submit(follow, api, job_id)
+    decoder = SSEDecoder()
+    received: list[SSEEvent] = []
+    with api.client.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+        # The headers are out: the route has seen the job queued and is now waiting on Redis.
+        assert response.status_code == 200
         assert api.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
-        received = following.result(timeout=10)
+        for chunk in response.iter_bytes():
+            received.extend(decoder.feed(chunk))
+    received += decoder.close()
     assert [e.event for e in received] == ["job"]
     assert data(received[0])["status"] == "cancelled"
     # Already over: a new follower gets the final view at once.

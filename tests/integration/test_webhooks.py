@@ -46,7 +46,6 @@ class Received:
     headers: dict[str, str]
     body: bytes
     status: int | None
-    at: float
 
 
 class Receiver:
@@ -120,9 +119,7 @@ class Receiver:
                 elif not receiver._verifies(self.path, body, headers):
                     status = 401
                 with receiver.lock:
-                    receiver.requests.append(
-                        Received(self.path, headers, body, status, time.monotonic())
-                    )
+                    receiver.requests.append(Received(self.path, headers, body, status))
                 try:
                     self.send_response(status or 200)
                     if "retry_after" in action:
