@@ -14,11 +14,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_contracts.errors import ErrorBody, ErrorView, FieldErrorView
 from api_contracts.jobs import InvalidFieldError, JobListView, JobStatus, JobSubmitRequest, JobView
-from worker.callbacks import InvalidCallbackError
 from worker.producer import (
     IdempotencyConflictError,
     InvalidCursorError,
-    InvalidParentError,
     JobNotCancellableError,
     JobNotFoundError,
     JobProducer,
@@ -216,22 +214,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         # Nothing was committed; the caller may retry (with the same Idempotency-Key).
         return error_response(503, "unavailable", "the database is unavailable; retry later")
 
-    @app.exception_handler(InvalidCallbackError)
-    async def _callback(_: Request, exc: InvalidCallbackError) -> JSONResponse:
+    # Refused callbacks and parents, named by field (InvalidCallbackError, InvalidParentError).
+    @app.exception_handler(InvalidFieldError)
+    async def _invalid_field(_: Request, exc: InvalidFieldError) -> JSONResponse:
         return error_response(
             422,
             "invalid_request",
             f"{exc.field}: {exc.reason}",
             [FieldErrorView(field=exc.field, message=exc.reason)],
-        )
-
-    @app.exception_handler(InvalidParentError)
-    async def _parent(_: Request, exc: InvalidParentError) -> JSONResponse:
-        return error_response(
-            422,
-            "invalid_request",
-            f"parent_job_id: {exc}",
-            [FieldErrorView(field="parent_job_id", message=str(exc))],
         )
 
     @app.exception_handler(InvalidCursorError)

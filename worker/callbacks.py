@@ -7,17 +7,13 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
+from api_contracts.jobs import InvalidFieldError
 from worker.secret_box import SecretBox
 from worker.ssrf import CallbackRefusedError, Resolver, check_callback_url, resolve_host
 
 
-class InvalidCallbackError(ValueError):
+class InvalidCallbackError(InvalidFieldError):
     """A submission's callback field is refused; `field` names it for the 422."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from api_contracts.jobs import TERMINAL_STATUSES, JobListView, JobSubmitRequest, JobView
+from api_contracts.jobs import (
+    TERMINAL_STATUSES,
+    InvalidFieldError,
+    JobListView,
+    JobSubmitRequest,
+    JobView,
+)
 from api_contracts.messages import JobMessage
 from worker import repository, webhook_store
 from worker.callbacks import CallbackPolicy
@@ -42,8 +48,11 @@ class InvalidCursorError(ValueError):
     """A list cursor we did not issue."""
 
 
-class InvalidParentError(ValueError):
+class InvalidParentError(InvalidFieldError):
     """The `parent_job_id` of a submission names a job that cannot be continued."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("parent_job_id", reason)
 
 
 class JobNotCancellableError(Exception):
