@@ -98,7 +98,11 @@ def create_celery_app(settings: Settings) -> Celery:
         result_backend=None,
         task_serializer="json",
         accept_content=["json"],
-        task_queues=[Queue(name) for name in (*JOB_QUEUES, WEBHOOK_QUEUE)],
+        # Each queue bound by its own name: without a routing key Celery binds every queue to
+        # the default exchange under the default queue's name, so a message published to that
+        # exchange by hand would reach all four. (Celery's own publishes go straight to the
+        # queue by name either way.) `queues.warm_publisher` drops the old bindings.
+        task_queues=[Queue(name, routing_key=name) for name in (*JOB_QUEUES, WEBHOOK_QUEUE)],
         task_default_queue="gmiq.normal",
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,

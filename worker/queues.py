@@ -44,6 +44,29 @@ def publish_job(app: Celery, message: JobMessage) -> None:
     )
 
 
+def warm_publisher(app: Celery) -> None:
+    """Do now what Celery does lazily on a process's first publish (import the result backend,
+    build its routing and producer pool, connect to Redis), which made the first job a process
+    published wait 70 ms longer than the rest; raises if Redis cannot be reached."""
+    app.backend  # noqa: B018 - these properties import and build what they name
+    app.amqp.send_task_message  # noqa: B018
+    with app.producer_or_acquire() as producer:
+        for name in JOB_QUEUES:
+            producer.maybe_declare(app.amqp.queues[name])
+        _drop_stale_bindings(producer.channel, app.amqp.queues.values())
+
+
+def _drop_stale_bindings(channel: Any, queues: Any) -> None:
+    """Remove bindings that deployments before 2026-11-25 declared: every queue bound under
+    the default queue's name, so a hand-made publish to that exchange reached all of them."""
+    with channel.conn_or_acquire() as client:
+        for queue in queues:
+            if queue.routing_key == queue.exchange.name:
+                continue
+            binding = channel.sep.join([queue.exchange.name, "", queue.name])
+            client.srem(channel.keyprefix_queue % queue.exchange.name, binding)
+
+
 def _reused_client(channel: Any, client: Any = None) -> Iterator[Any]:
     if client:
         yield client

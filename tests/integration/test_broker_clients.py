@@ -13,7 +13,7 @@ import redis
 
 from api_contracts.messages import JobMessage
 from worker.celery_app import broker_key_prefix, create_celery_app
-from worker.queues import publish_job, queue_depths, reuse_broker_clients
+from worker.queues import publish_job, queue_depths, reuse_broker_clients, warm_publisher
 from worker.settings import Settings
 
 
@@ -71,3 +71,25 @@ def test_a_job_message_shows_monitoring_its_id_not_the_prompt(
     # The prompt travels only in the body, which the worker needs.
     args, _, _ = json.loads(base64.b64decode(envelope["body"]))
     assert args[0]["request"]["messages"][0]["content"] == secret_prompt
+
+
+def test_a_message_published_to_a_queues_routing_key_reaches_that_queue_alone(
+    deployment: Callable[..., Settings], redis_client: redis.Redis
+) -> None:
+    settings = deployment()
+    prefix = broker_key_prefix(settings)
+    bindings = f"{prefix}_kombu.binding.gmiq.normal"
+    # What a deployment from before the fix left behind: gmiq.high bound under gmiq.normal.
+    redis_client.sadd(bindings, "gmiq.normal\x06\x16\x06\x16gmiq.high")
+    app = create_celery_app(settings)
+    reuse_broker_clients()
+    try:
+        warm_publisher(app)
+        with app.producer_or_acquire() as producer:
+            for key in ("gmiq.low", "gmiq.normal"):
+                producer.publish({"by": "hand"}, exchange="gmiq.normal", routing_key=key)
+    finally:
+        app.close()
+    depths = queue_depths(redis_client, prefix)
+    assert (depths["gmiq.high"], depths["gmiq.normal"], depths["gmiq.low"]) == (0, 1, 1)
+    assert redis_client.llen(f"{prefix}gmiq.webhooks") == 0
