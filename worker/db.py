@@ -69,13 +69,38 @@ def _ping_after_idle(engine: Engine, idle_s: float) -> None:
             raise InvalidatePoolError("connection lost while idle in the pool") from exc
 
 
+def open_connections(sessions: sessionmaker[Session], count: int) -> None:
+    """Connect `count` pooled connections now (they stay in the pool), so the first
+    transactions after a start do not each pay for a connect and its authentication."""
+    opened: list[Session] = []
+    try:
+        for _ in range(count):
+            opened.append(sessions())
+            opened[-1].connection()
+    finally:
+        for session in opened:
+            session.close()
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     """Sessions that keep loaded values after commit, since views are built after it."""
     return sessionmaker(engine, expire_on_commit=False)
 
 
 @contextmanager
-def unit_of_work(sessions: sessionmaker[Session]) -> Iterator[Session]:
-    """One transaction: committed when the block ends, rolled back if it raises."""
-    with sessions() as session, session.begin():
+def unit_of_work(
+    sessions: sessionmaker[Session], single_statement: bool = False
+) -> Iterator[Session]:
+    """One transaction: committed when the block ends, rolled back if it raises.
+
+    `single_statement`: the block runs one statement, which Postgres makes atomic by itself,
+    so it runs in autocommit: no BEGIN and COMMIT round trips (the claim and the record of
+    every job take this path). The connection leaves autocommit when it returns to the pool.
+    """
+    if not single_statement:
+        with sessions() as session, session.begin():
+            yield session
+        return
+    with sessions() as session:
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         yield session

@@ -195,7 +195,10 @@ class JobRunner:
         self.events.publish(claim.id, events)
 
     def _claim(self, message: JobMessage) -> repository.ClaimedJob | None:
-        with unit_of_work(self.sessions) as session:
+        # Autocommit: the claim is one statement; a Redis-only producer's job is inserted and
+        # claimed by statements that are each safe alone (the insert skips a row that exists,
+        # the claim's status guard lets one claimant win).
+        with unit_of_work(self.sessions, single_statement=True) as session:
             claim = repository.claim_job(session, message.job_id, self.worker_id, self.lease_s)
             if claim is not None or repository.get_job(session, message.job_id) is not None:
                 return claim
@@ -235,7 +238,8 @@ class JobRunner:
         parsed: ParsedResult,
         timing: AttemptTiming,
     ) -> str:
-        with unit_of_work(self.sessions) as session:
+        # Without tool calls the record is one statement (see `record_success`).
+        with unit_of_work(self.sessions, single_statement=not parsed.tool_calls) as session:
             stored = repository.record_success(
                 session,
                 claim,

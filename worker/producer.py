@@ -133,7 +133,8 @@ class JobProducer:
             )
         submission = self._continue_parent(submission)
         message = message_for_submission(submission, uuid.uuid4(), self.default_model)
-        with unit_of_work(self.sessions) as session:
+        # Autocommit unless a callback secret is stored with the job (a second statement).
+        with unit_of_work(self.sessions, single_statement=sealed_secret is None) as session:
             inserted = repository.insert_job(
                 session, repository.NewJob.from_message(message), self.redispatch_after_s
             )
