@@ -57,7 +57,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
     _require_services(settings)
     uvicorn.run(
-        build_api(settings),
+        build_api(settings, warm=True),
         host=args.host or settings.api_host,
         port=args.port or settings.api_port,
         log_level=settings.log_level.lower(),
@@ -91,6 +91,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     app = create_celery_app(settings)
     runtime = build_runtime(settings, app)
     install_runtime(runtime)
+    concurrency = args.concurrency or settings.worker_concurrency
+    runtime.warm(min(settings.db_pool_size, concurrency))
 
     def on_ready(**_: Any) -> None:
         runtime.start_background()
@@ -101,7 +103,6 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     worker_ready.connect(on_ready, weak=False)
     worker_shutting_down.connect(on_shutting_down, weak=False)
-    concurrency = args.concurrency or settings.worker_concurrency
     try:
         app.worker_main(
             [

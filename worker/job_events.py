@@ -115,6 +115,10 @@ class JobEventPublisher:
                 job_id,
             )
 
+    def ping(self) -> None:
+        """Connect now (see `WorkerRuntime.warm`)."""
+        self._client.ping()
+
     def close(self) -> None:
         """Close the client's connections."""
         self._client.close()

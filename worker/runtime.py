@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 
 import redis
 from celery import Celery
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 
-from worker.db import make_engine, make_sessionmaker
+from worker import repository
+from worker.db import make_engine, make_sessionmaker, open_connections
 from worker.job_events import JobEventPublisher
 from worker.jobs import InFlight, JobRunner, RetryConfig
 from worker.llm_client import LLMClient
@@ -45,6 +48,21 @@ class WorkerRuntime:
             str(len(self.runner.in_flight.snapshot())),
             ex=int(max(self.settings.heartbeat_s * 3, 5)),
         )
+
+    def warm(self, connections: int) -> None:
+        """Before taking messages: connect the pools and compile the hot statements, so the
+        first jobs after a start are not slowed by every thread connecting at once. A service
+        that is down is not fatal here: the jobs' own retries deal with that."""
+        try:
+            open_connections(self.runner.sessions, connections)
+            with self.runner.sessions() as session:
+                repository.warm_statements(session, self.runner.worker_id)
+                session.rollback()
+            self.redis_client.ping()
+            if self.runner.events is not None:
+                self.runner.events.ping()
+        except (SQLAlchemyError, RedisError, OSError) as exc:
+            log.warning("warm-up incomplete: %s", type(exc).__name__)
 
     def heartbeat(self) -> None:
         """Renew leases, then announce; a Redis outage must not stop the lease renewal."""

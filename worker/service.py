@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +11,7 @@ import redis
 import redis.asyncio
 from celery import Celery
 from fastapi import FastAPI
+from kombu.exceptions import KombuError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -17,16 +20,24 @@ from worker import stats as operator_stats
 from worker.api import create_app
 from worker.callbacks import CallbackPolicy
 from worker.celery_app import broker_key_prefix, create_celery_app
-from worker.db import make_engine, make_sessionmaker
+from worker.db import make_engine, make_sessionmaker, open_connections
 from worker.events_api import create_events_router
 from worker.producer import JobProducer
-from worker.queues import publish_job, queue_depths, redis_client_url, reuse_broker_clients
+from worker.queues import (
+    publish_job,
+    queue_depths,
+    redis_client_url,
+    reuse_broker_clients,
+    warm_publisher,
+)
 from worker.secret_box import SecretBox
 from worker.settings import Settings
 from worker.stats import Price
 from worker.webhook_admin import WebhookAdmin
 from worker.webhook_api import build_webhook_router
 from worker.webhooks import parse_secrets
+
+log = logging.getLogger(__name__)
 
 
 def build_producer(settings: Settings) -> tuple[JobProducer, sessionmaker[Session], Celery]:
@@ -44,6 +55,19 @@ def build_producer(settings: Settings) -> tuple[JobProducer, sessionmaker[Sessio
     return producer, sessions, app
 
 
+def warm_producer(sessions: sessionmaker[Session], app: Celery, connections: int) -> None:
+    """Before serving: connect the pools, compile the view's statement and build Celery's
+    publishing path, so the first submissions after a start are not slower than the rest.
+    A service that is down is not fatal here: requests answer 503 until it is back."""
+    try:
+        open_connections(sessions, connections)
+        with sessions() as session:
+            repository.get_job_record(session, uuid.uuid4())
+        warm_publisher(app)
+    except (SQLAlchemyError, redis.RedisError, KombuError, OSError) as exc:
+        log.warning("warm-up incomplete: %s", type(exc).__name__)
+
+
 def build_callback_policy(settings: Settings) -> CallbackPolicy:
     """The operator's callback rules; a malformed GMIQ_WEBHOOK_SECRETS stops startup here."""
     secrets = settings.webhook_secrets.get_secret_value() if settings.webhook_secrets else ""
@@ -56,9 +80,12 @@ def build_callback_policy(settings: Settings) -> CallbackPolicy:
     )
 
 
-def build_api(settings: Settings) -> FastAPI:
-    """The HTTP API wired to real services."""
-    producer, sessions, _ = build_producer(settings)
+def build_api(settings: Settings, warm: bool = False) -> FastAPI:
+    """The HTTP API wired to real services; `warm` connects and prepares them first (see
+    `warm_producer`)."""
+    producer, sessions, app = build_producer(settings)
+    if warm:
+        warm_producer(sessions, app, settings.db_pool_size)
     client: redis.Redis = redis.Redis.from_url(
         redis_client_url(settings.redis_url), socket_timeout=2, socket_connect_timeout=2
     )
