@@ -38,6 +38,7 @@ def test_a_single_statement_unit_commits_by_itself_and_hands_back_a_transactiona
             session.execute(insert, {"id": uuid.uuid4(), "key": key})
             # Committed already, before the block ends: seen from another connection.
             assert count_rows(engine, "job", "idempotency_key = :key", key=key) == 1
+
         # The same (only) connection, in an ordinary unit of work that fails: nothing stays.
         def fail_after_insert() -> None:
             with unit_of_work(sessions) as session:
