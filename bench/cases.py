@@ -120,17 +120,21 @@ def _first_token_ms(upstream: Upstream, seconds: list[float]) -> dict[str, float
     return percentiles([s * 1000 for s in seconds]) if upstream.stream else None
 
 
-def measure_naive(stack: Stack, upstream: Upstream, config: BenchConfig) -> CaseResult:
-    """The plain Celery task: post with httpx2, insert with SQLAlchemy."""
-    tag = run_tag(stack, "naive", upstream)
+def measure_naive(
+    stack: Stack, upstream: Upstream, config: BenchConfig, package: str = "httpx2"
+) -> CaseResult:
+    """The plain Celery task: post with httpx2 (`naive`) or httpx 0.28 (`naive-httpx`, the
+    issue's baseline), insert with SQLAlchemy."""
+    name = "naive" if package == "httpx2" else f"naive-{package}"
+    tag = run_tag(stack, name, upstream)
     before = read_writes(stack.monitor())
     env = worker_env(stack, upstream, config.concurrency)
-    worker = start_naive_worker(stack, env, config.concurrency, config.naive_client)
+    worker = start_naive_worker(stack, env, config.concurrency, config.naive_client, package)
     app = create_naive_app(bench_settings(stack, upstream))
     cpu = CpuMeter({"worker": worker.pid, "sim": upstream.child.pid})
     jobs = _case_jobs(config, upstream)
     body = upstream_request(upstream.stream)
-    result = CaseResult("naive", upstream.latency_ms, jobs)
+    result = CaseResult(name, upstream.latency_ms, jobs)
     try:
         with RssSampler(worker.pid) as rss:
             started_at = time.time()
@@ -151,7 +155,7 @@ def measure_naive(stack: Stack, upstream: Upstream, config: BenchConfig) -> Case
     store_outcome(result, started_at, progress, complete, naive_durations(stack.monitor(), tag))
     result.first_token_ms = _first_token_ms(upstream, naive_first_tokens(stack.monitor(), tag))
     if not result.note:
-        result.note = f"httpx2 client: {config.naive_client}"
+        result.note = f"{package} client: {config.naive_client}"
     return result
 
 
@@ -274,6 +278,7 @@ def measure_latency(stack: Stack, upstream: Upstream, config: BenchConfig) -> li
     steps: list[tuple[str, Callable[[], list[CaseResult]]]] = [
         ("limit", lambda: [measure_limit(stack, upstream, config)]),
         ("naive", lambda: [measure_naive(stack, upstream, config)]),
+        ("naive-httpx", lambda: [measure_naive(stack, upstream, config, "httpx")]),
         (
             "gmiq-paced, gmiq-api",
             lambda: measure_gmiq_api(

@@ -10,8 +10,9 @@ from bench.stack import Child, Stack
 from worker.settings import Settings
 
 # The cases run at each upstream latency and, with "streaming" selected, on the streaming
-# simulator; printed in this order.
-CASES = ("limit", "naive", "gmiq-api", "gmiq-producer", "gmiq-paced")
+# simulator; printed in this order. `naive` posts with httpx2, `naive-httpx` with httpx 0.28 (the
+# baseline as issue #6 defines it; httpx2 is the stronger one).
+CASES = ("limit", "naive", "naive-httpx", "gmiq-api", "gmiq-producer", "gmiq-paced")
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,18 @@
-"""The naive baseline: a plain Celery task that posts the call with sync httpx2 and inserts the
-answer with SQLAlchemy. No job table, no claim, no lease, no retry bookkeeping: what one writes
-without gmiq. Its own app, queue and Redis prefix; same services, threads pool and concurrency.
+"""The naive baseline: a plain Celery task that posts the call with a sync HTTP client (httpx2,
+or httpx 0.28 as issue #6 defines the baseline) and inserts the answer with SQLAlchemy. No job
+table, no claim, no lease, no retry bookkeeping: what one writes without gmiq. Its own app, queue
+and Redis prefix; same services, threads pool and concurrency.
 A streamed call (`"stream": true` in the body) is read line by line to its end, its text deltas
 joined, and the text, usage and time to first token stored; nobody is told of the deltas.
 
-Run as a worker: `python -m bench.naive --concurrency 200 --client shared` with gmiq's GMIQ_*
-environment (database, Redis, prefix, upstream URL and key).
+Run as a worker: `python -m bench.naive --concurrency 200 --client shared --http httpx2` with
+gmiq's GMIQ_* environment (database, Redis, prefix, upstream URL and key).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import threading
 import time
 from collections.abc import Sequence
@@ -18,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-import httpx2
 import orjson
 from celery import Celery
 from sqlalchemy import BigInteger, DateTime, Engine, Text, create_engine, func
@@ -30,6 +31,8 @@ from worker.settings import Settings
 NAIVE_QUEUE = "bench.naive"
 NAIVE_TASK = "bench.naive.call_llm"
 CLIENT_MODES = ("shared", "per-call")
+# The HTTP packages the task can post with; both have the same API.
+HTTP_PACKAGES = ("httpx2", "httpx")
 
 
 class NaiveBase(DeclarativeBase):
@@ -77,16 +80,17 @@ def create_naive_app(settings: Settings) -> Celery:
     return app
 
 
-def register_task(app: Celery, settings: Settings, client_mode: str) -> None:
+def register_task(app: Celery, settings: Settings, client_mode: str, package: str) -> None:
     """The task: post, then insert. `shared` keeps one pooled client sized for the concurrency
-    (what a careful user writes); `per-call` uses `httpx2.post` (what the quickstart shows),
+    (what a careful user writes); `per-call` uses `<package>.post` (what the quickstart shows),
     which builds a client, and its TLS context, on every call."""
+    http: Any = importlib.import_module(package)
     engine = create_engine(settings.sqlalchemy_url, pool_size=settings.db_pool_size)
     url = settings.gmi_base_url + "chat/completions"
     key = settings.gmi_api_key.get_secret_value() if settings.gmi_api_key else ""
     headers = {"authorization": f"Bearer {key}"}
-    limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=1000)
-    shared = httpx2.Client(timeout=60, limits=limits) if client_mode == "shared" else None
+    limits = http.Limits(max_connections=1000, max_keepalive_connections=1000)
+    shared = http.Client(timeout=60, limits=limits) if client_mode == "shared" else None
 
     @app.task(name=NAIVE_TASK)
     def call_llm(run: str, body: dict[str, Any], submitted_at: float) -> None:
@@ -96,7 +100,7 @@ def register_task(app: Celery, settings: Settings, client_mode: str) -> None:
             if shared is not None:
                 streamed = shared.stream("POST", url, json=body, headers=headers)
             else:
-                streamed = httpx2.stream("POST", url, json=body, headers=headers, timeout=60)
+                streamed = http.stream("POST", url, json=body, headers=headers, timeout=60)
             with streamed as response:
                 answer, first_token_at = read_chat_stream(response)
             status_code = response.status_code
@@ -105,7 +109,7 @@ def register_task(app: Celery, settings: Settings, client_mode: str) -> None:
             if shared is not None:
                 response = shared.post(url, json=body, headers=headers)
             else:
-                response = httpx2.post(url, json=body, headers=headers, timeout=60)
+                response = http.post(url, json=body, headers=headers, timeout=60)
             status_code, answer = response.status_code, response.json()
         with Session(engine) as session, session.begin():
             session.add(
@@ -119,7 +123,7 @@ def register_task(app: Celery, settings: Settings, client_mode: str) -> None:
             )
 
 
-def read_chat_stream(response: httpx2.Response) -> tuple[dict[str, Any], float | None]:
+def read_chat_stream(response: Any) -> tuple[dict[str, Any], float | None]:
     """Read a streamed chat completion to `[DONE]`: its joined text and usage, and when
     (time.monotonic()) the first text delta came."""
     texts: list[str] = []
@@ -165,10 +169,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.naive")
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--client", choices=CLIENT_MODES, default="shared")
+    parser.add_argument("--http", choices=HTTP_PACKAGES, default="httpx2")
     args = parser.parse_args(argv)
     settings = Settings()
     app = create_naive_app(settings)
-    register_task(app, settings, args.client)
+    register_task(app, settings, args.client, args.http)
 
     def on_ready(**_: Any) -> None:
         import redis

@@ -97,11 +97,12 @@ def start_polled_apis(stack: Stack, env: dict[str, str]) -> dict[str, tuple[Chil
 
 
 def start_naive_worker(
-    stack: Stack, env: dict[str, str], concurrency: int, client_mode: str
+    stack: Stack, env: dict[str, str], concurrency: int, client_mode: str, package: str
 ) -> Child:
-    """The naive Celery worker; ready once it sets its key."""
+    """The naive Celery worker posting with `package`; ready once it sets its key."""
     args = [sys.executable, "-m", "bench.naive", "--concurrency", str(concurrency)]
-    child = stack.spawn("naive-worker", [*args, "--client", client_mode], env)
+    args += ["--client", client_mode, "--http", package]
+    child = stack.spawn(f"naive-worker-{package}", args, env)
     key = ready_key(stack.redis_prefix)
     client = stack.redis()
 
