@@ -17,6 +17,8 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from worker.settings import Settings
+
 log = logging.getLogger(__name__)
 
 KEY_FILE = "secret_key"
@@ -62,6 +64,12 @@ class SecretBox:
         self._var_dir = var_dir
         self._fernet: MultiFernet | None = None
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SecretBox:
+        """The deployment's box: `GMIQ_SECRET_KEY`, else a key file under `GMIQ_VAR_DIR`."""
+        key = settings.secret_key.get_secret_value() if settings.secret_key else None
+        return cls(key, settings.var_dir)
 
     def _keys(self) -> MultiFernet:
         with self._lock:

@@ -71,12 +71,11 @@ def warm_producer(sessions: sessionmaker[Session], app: Celery, connections: int
 def build_callback_policy(settings: Settings) -> CallbackPolicy:
     """The operator's callback rules; a malformed GMIQ_WEBHOOK_SECRETS stops startup here."""
     secrets = settings.webhook_secrets.get_secret_value() if settings.webhook_secrets else ""
-    key = settings.secret_key.get_secret_value() if settings.secret_key else None
     return CallbackPolicy(
         allow_http=settings.webhook_allow_http,
         allow_private=settings.webhook_allow_private,
         has_operator_secrets=bool(parse_secrets(secrets)),
-        box=SecretBox(key, settings.var_dir),
+        box=SecretBox.from_settings(settings),
     )
 
 

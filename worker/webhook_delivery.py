@@ -247,7 +247,6 @@ def build_deliverer(
 ) -> WebhookDeliverer:
     """The deliverer from settings; the secrets go to it and nowhere else."""
     raw = settings.webhook_secrets.get_secret_value() if settings.webhook_secrets else ""
-    key = settings.secret_key.get_secret_value() if settings.secret_key else None
     return WebhookDeliverer(
         sessions=sessions,
         client=WebhookClient(settings.webhook_timeout_s, settings.webhook_response_excerpt_bytes),
@@ -259,7 +258,7 @@ def build_deliverer(
             redispatch_after_s=settings.webhook_redispatch_after_s,
         ),
         operator_keys=parse_secrets(raw),
-        box=SecretBox(key, settings.var_dir),
+        box=SecretBox.from_settings(settings),
         publish=publish,
         worker_id=worker_id,
         slots=threading.BoundedSemaphore(settings.webhook_concurrency),
