@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -13,6 +13,11 @@ from api_contracts.webhooks import DeliveryDetailView, DeliveryListView, Deliver
 from worker import webhook_store
 from worker.db import unit_of_work
 from worker.views import delivery_attempt_view, delivery_view
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """A time without an offset is taken as UTC (API and CLI alike)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class DeliveryNotFoundError(Exception):
@@ -34,6 +39,7 @@ class WebhookAdmin:
     ) -> DeliveryListView:
         """Deliveries, newest first."""
         with self.sessions() as session:
+            since = None if since is None else _as_utc(since)
             events = webhook_store.list_events(session, status, since, limit)
             return DeliveryListView(data=[delivery_view(event) for event in events])
 
@@ -52,16 +58,14 @@ class WebhookAdmin:
     def redeliver(self, event_id: uuid.UUID) -> DeliveryView:
         """Queue a delivered or failed event again, with a fresh retry schedule."""
         with unit_of_work(self.sessions) as session:
-            event = webhook_store.get_event(session, event_id)
-            if event is None:
+            event = webhook_store.redeliver_event(session, event_id)
+            if event is not None:
+                return delivery_view(event)
+            if webhook_store.get_event(session, event_id) is None:
                 raise DeliveryNotFoundError(str(event_id))
-            if not webhook_store.redeliver_event(session, event_id):
-                raise DeliveryPendingError(str(event_id))
-            event = webhook_store.get_event(session, event_id, fresh=True)
-            assert event is not None
-            return delivery_view(event)
+            raise DeliveryPendingError(str(event_id))
 
     def redeliver_failed_since(self, since: datetime) -> list[uuid.UUID]:
         """Queue again every failed event created since `since`."""
         with unit_of_work(self.sessions) as session:
-            return webhook_store.redeliver_failed_since(session, since)
+            return webhook_store.redeliver_failed_since(session, _as_utc(since))

@@ -223,9 +223,9 @@ def record_attempt(
     return True
 
 
-def get_event(session: Session, event_id: uuid.UUID, fresh: bool = False) -> WebhookEvent | None:
-    """The event row, or None; `fresh` reloads it after an update in this session."""
-    return session.get(WebhookEvent, event_id, populate_existing=fresh)
+def get_event(session: Session, event_id: uuid.UUID) -> WebhookEvent | None:
+    """The event row, or None."""
+    return session.get(WebhookEvent, event_id)
 
 
 def list_attempts(session: Session, event_id: uuid.UUID) -> Sequence[WebhookAttempt]:
@@ -250,8 +250,8 @@ def list_events(
     return session.scalars(query).all()
 
 
-def _redeliver(session: Session, *where: Any) -> list[uuid.UUID]:
-    rows = session.execute(
+def _redeliver(*where: Any) -> Any:
+    return (
         update(WebhookEvent)
         .where(WebhookEvent.status != "pending", *where)
         .values(
@@ -261,17 +261,17 @@ def _redeliver(session: Session, *where: Any) -> list[uuid.UUID]:
             failure_reason=None,
             updated_at=func.now(),
         )
-        .returning(WebhookEvent.id)
-    ).all()
-    return [row.id for row in rows]
+    )
 
 
-def redeliver_event(session: Session, event_id: uuid.UUID) -> bool:
-    """Make a delivered or failed event due now, with a fresh retry schedule; False if it is
-    still pending."""
-    return bool(_redeliver(session, WebhookEvent.id == event_id))
+def redeliver_event(session: Session, event_id: uuid.UUID) -> WebhookEvent | None:
+    """Make a delivered or failed event due now, with a fresh retry schedule, and return it as
+    updated; None if it does not exist or is still pending."""
+    statement = _redeliver(WebhookEvent.id == event_id).returning(WebhookEvent)
+    return session.scalars(statement, execution_options={"populate_existing": True}).first()
 
 
 def redeliver_failed_since(session: Session, since: datetime) -> list[uuid.UUID]:
     """Make every failed event created since `since` due now, each with a fresh schedule."""
-    return _redeliver(session, WebhookEvent.status == "failed", WebhookEvent.created_at >= since)
+    statement = _redeliver(WebhookEvent.status == "failed", WebhookEvent.created_at >= since)
+    return list(session.scalars(statement.returning(WebhookEvent.id)))

@@ -24,8 +24,10 @@ from tests.conftest import ApiServer, WorkerProcess, count_rows, wait_for
 from tests.integration.test_pipeline import poll_terminal
 from worker.celery_app import broker_key_prefix
 from worker.cli import build_parser
+from worker.db import make_engine, make_sessionmaker
 from worker.settings import Settings
 from worker.simulator import SimulatorServer
+from worker.webhook_delivery import DEFER_S, build_deliverer
 from worker.webhooks import WEBHOOK_QUEUE
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}]}
@@ -267,6 +269,41 @@ def test_a_jobs_only_worker_leaves_deliveries_to_a_webhooks_worker(
     assert len(receiver.accepted("/split")) == 1
 
 
+def test_a_worker_with_no_free_delivery_slot_defers_the_attempt_unmade(
+    deployment: Callable[..., Settings],
+    start_api: Callable[[Settings], ApiServer],
+    receiver: Receiver,
+    engine: Engine,
+) -> None:
+    settings = webhook_settings(deployment, webhook_concurrency=2)
+    api = start_api(settings)
+    receiver.secrets["/busy"] = [OLD_SECRET]
+    job = submit(api, receiver.url("/busy"))
+    assert api.client.post(f"/v1/jobs/{job}/cancel").json()["status"] == "cancelled"
+    event = event_of(engine, job)
+    own_engine = make_engine(settings.database_url, pool_size=2)
+    deliverer = build_deliverer(
+        settings, make_sessionmaker(own_engine), lambda *_: None, "deferring-worker"
+    )
+    try:
+        for _ in range(settings.webhook_concurrency):  # every slot busy with other deliveries
+            assert deliverer.slots.acquire(blocking=False)
+        assert deliverer.deliver(event.id, 1) == "deferred"
+        deferred = event_of(engine, job)
+        assert (deferred.status, deferred.attempt_count) == ("pending", 0)
+        assert deferred.next_attempt_at > event.next_attempt_at + timedelta(seconds=DEFER_S / 2)
+        assert attempts_of(engine, event.id) == []
+        assert receiver.received("/busy") == []
+
+        deliverer.slots.release()
+        assert deliverer.deliver(event.id, 1) == "delivered"
+        assert event_of(engine, job).status == "delivered"
+        assert len(receiver.accepted("/busy")) == 1
+    finally:
+        deliverer.close()
+        own_engine.dispose()
+
+
 def test_delivery_retries_through_500_timeout_and_refusal_then_succeeds(
     deployment: Callable[..., Settings],
     start_worker: Callable[..., WorkerProcess],
@@ -346,7 +383,15 @@ def test_exhausted_events_are_dead_lettered_and_redelivered_after_recovery(
     assert str(dead[0].id) in run_cli(settings, capsys, "failed")
     detail = api.client.get(f"/v1/webhooks/deliveries/{dead[0].id}").json()
     assert [a["status_code"] for a in detail["attempts"]] == [500, 500, 500]
-    assert api.client.get("/v1/webhooks/deliveries", params={"status": "x"}).status_code == 422
+    refused = api.client.get("/v1/webhooks/deliveries", params={"status": "x"})
+    assert refused.status_code == 422
+    assert [f["field"] for f in refused.json()["error"]["fields"]] == ["status"]
+    # A time without an offset is UTC, through the API as through the CLI.
+    naive_since = (before - timedelta(seconds=1)).replace(tzinfo=None).isoformat()
+    listed_since = api.client.get(
+        "/v1/webhooks/deliveries", params={"status": "failed", "since": naive_since}
+    ).json()
+    assert {str(d.id) for d in dead} <= {d["id"] for d in listed_since["data"]}
 
     receiver.defaults["/down"] = 200
     again = api.client.post(f"/v1/webhooks/deliveries/{dead[0].id}/redeliver")
