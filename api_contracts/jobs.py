@@ -222,6 +222,8 @@ class JobView(BaseModel):
     # The caller's own limits (absent ones are the deployment's) and when the job must be done by.
     timeouts: JobTimeouts | None = None
     deadline_at: datetime | None = None
+    # The job this one continues (`parent_job_id` of the submission); None for a first turn.
+    parent_job_id: UUID | None = None
 
 
 class JobListView(BaseModel):

@@ -31,3 +31,5 @@ class JobMessage(BaseModel):
     submitted_at: datetime | None = None
     # `timeouts.total_s` counts from `submitted_at` (from when the worker sees it if absent).
     timeouts: JobTimeouts | None = None
+    # A follow-up's parent; its history is already expanded into `request`.
+    parent_job_id: UUID | None = None

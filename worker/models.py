@@ -64,6 +64,10 @@ class Job(Base):
     timeouts: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     # Submission time plus `timeouts.total_s`: past it the job fails `deadline_exceeded`.
     deadline_at: Mapped[datetime | None] = _ts()
+    # The job a follow-up continues (its history is already expanded into `request`). No
+    # foreign key: a message from a Redis-only producer may name it before, or after, that row
+    # exists here, and deleting a parent must not touch its follow-ups.
+    parent_job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
 
     __table_args__ = (
         CheckConstraint("kind IN ('chat', 'response')", name="job_kind_valid"),

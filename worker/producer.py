@@ -78,6 +78,7 @@ def message_for_submission(
         callback_url=submission.callback_url,
         submitted_at=datetime.now(UTC),
         timeouts=submission.timeouts,
+        parent_job_id=submission.parent_job_id,
     )
 
 
@@ -109,7 +110,13 @@ def _same_submission(job: Row, message: JobMessage) -> bool:
         and job["priority"] == message.priority
         and job["callback_url"] == message.callback_url
         and job["timeouts"] == repository.stored_timeouts(message.timeouts)
+        # A stored row read as JSON holds the id as text.
+        and _text(job["parent_job_id"]) == _text(message.parent_job_id)
     )
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 @dataclass

@@ -61,6 +61,7 @@ class NewJob:
     callback_url: str | None
     timeouts: dict[str, Any] | None = None
     deadline_at: datetime | None = None
+    parent_job_id: uuid.UUID | None = None
 
     @classmethod
     def from_message(cls, message: JobMessage) -> NewJob:
@@ -76,6 +77,7 @@ class NewJob:
             callback_url=message.callback_url,
             timeouts=stored_timeouts(message.timeouts),
             deadline_at=deadline_for(message.timeouts, message.submitted_at),
+            parent_job_id=message.parent_job_id,
         )
 
 
@@ -127,6 +129,7 @@ def insert_job(session: Session, job: NewJob, publish_delay_s: float) -> dict[st
             callback_url=job.callback_url,
             timeouts=job.timeouts,
             deadline_at=job.deadline_at,
+            parent_job_id=job.parent_job_id,
             next_attempt_at=func.now() + _seconds(publish_delay_s),
         )
         .on_conflict_do_nothing()

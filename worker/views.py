@@ -80,4 +80,5 @@ def job_view(
         request=job["request"],
         timeouts=JobTimeouts.model_validate(job["timeouts"]) if job["timeouts"] else None,
         deadline_at=job["deadline_at"],
+        parent_job_id=job["parent_job_id"],
     )

@@ -208,6 +208,18 @@ def test_redis_only_producer_message_creates_and_runs_the_job(
     assert view["output_text"]
     assert count_rows(engine, "job", "id = :j", j=job_id) == 1
 
+    # A follow-up sent the same way keeps the id of the job it continues.
+    follow_up = JobSubmitRequest.model_validate(
+        {
+            "kind": "chat",
+            "request": {"messages": [{"role": "user", "content": "and then?"}]},
+            "parent_job_id": str(job_id),
+        }
+    )
+    child = poll_terminal(api, str(producer.enqueue_only(follow_up)))
+    assert (child["status"], child["parent_job_id"]) == ("succeeded", str(job_id))
+    assert view["parent_job_id"] is None
+
 
 def test_final_upstream_error_fails_the_job_once_with_the_error_recorded(
     deployment: Callable[..., Settings],

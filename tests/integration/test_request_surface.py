@@ -433,6 +433,7 @@ def test_chat_follow_up_answers_tool_calls_without_resending_history(
     assert child.view["status"] == "succeeded"
     assert child.view["tool_calls"] == []
     assert child.view["output_text"].startswith("Simulated answer to: Weather in Brest")
+    assert (child.view["parent_job_id"], parent.view["parent_job_id"]) == (parent.view["id"], None)
 
     # A chain keeps going: the child's stored request already holds the whole history.
     more = {"messages": [{"role": "user", "content": "Thanks!"}]}
@@ -456,6 +457,15 @@ def test_response_follow_up_chains_on_the_parents_upstream_id(live: Stack, engin
 
     expected = {**follow_up, "previous_response_id": parent.view["result"]["id"]}
     assert child.stored == expected
+    assert child.view["parent_job_id"] == parent.view["id"]
+    # The same follow-up under the same idempotency key is the same job, not a conflict.
+    again = {"kind": "response", "request": follow_up, "parent_job_id": parent.view["id"]}
+    key = f"follow-up-{uuid.uuid4()}"
+    first = live.api.client.post("/v1/jobs", json={**again, "idempotency_key": key})
+    second = live.api.client.post("/v1/jobs", json={**again, "idempotency_key": key})
+    assert first.status_code == second.status_code == 202, second.text
+    assert second.headers["idempotent-replayed"] == "true"
+    assert second.json()["id"] == first.json()["id"]
     assert child.sent == {**expected, "model": MODEL}
     assert child.view["result"]["previous_response_id"] == parent.view["result"]["id"]
     assert child.view["status"] == "succeeded"
