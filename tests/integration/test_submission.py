@@ -205,3 +205,12 @@ def test_health_and_docs(api_only: tuple[ApiServer, Settings]) -> None:
     assert api.client.get("/docs").status_code == 200
     schema = api.client.get("/openapi.json").json()
     assert "/v1/jobs" in schema["paths"]
+    # The routes answer with a ready Response, but the schema still documents the view.
+    paths = schema["paths"]
+    for path, method, status in [
+        ("/v1/jobs", "post", "202"),
+        ("/v1/jobs/{job_id}", "get", "200"),
+        ("/v1/jobs/{job_id}/cancel", "post", "200"),
+    ]:
+        documented = paths[path][method]["responses"][status]["content"]["application/json"]
+        assert documented["schema"] == {"$ref": "#/components/schemas/JobView"}
