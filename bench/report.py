@@ -153,6 +153,21 @@ def drain_table(cases: list[CaseResult]) -> str:
     return "\n".join(lines)
 
 
+def floor_comparison(cases: list[CaseResult]) -> str:
+    """One worker process's CPU per job against Celery's floor (`floor-1`), when both ran."""
+    by_name = {case.case: case for case in cases}
+    gmiq, floor = by_name.get("scale-1"), by_name.get("floor-1")
+    if gmiq is None or floor is None:
+        return ""
+    mine, base = gmiq.cpu_ms_per_job.get("worker0"), floor.cpu_ms_per_job.get("worker0")
+    speed = ratio(gmiq.jobs_per_s, floor.jobs_per_s)
+    return (
+        f"one worker process, CPU per job: gmiq {_fmt(mine, 2)} ms, Celery's floor (same app"
+        f" configuration, a task that only waits) {_fmt(base, 2)} ms: gmiq = "
+        f"{_fmt(ratio(mine, base), 2)}x the floor's CPU, {_fmt(speed, 2)}x its jobs/s"
+    )
+
+
 def polling_table(polling: dict[str, Any]) -> str:
     """The polling comparison."""
     if "skipped" in polling:

@@ -32,18 +32,19 @@ from bench.report import (
     case_table,
     check_targets,
     drain_table,
+    floor_comparison,
     polling_table,
     targets_table,
     write_json,
 )
-from bench.scaling import measure_scaling, measure_wide
+from bench.scaling import measure_floor, measure_scaling, measure_wide
 from bench.stack import Stack
 from bench.streaming import describe_streaming, measure_streaming, streaming_title
 from bench.traffic import default_client
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
-DRAIN_CASES = ("scaling", "wide")
+DRAIN_CASES = ("scaling", "floor", "wide")
 OTHER_CASES = ("streaming", "polling")
 
 
@@ -211,10 +212,11 @@ def _drains(
     limit = next((case for case in cases if case.case == "limit"), None)
     steps: list[tuple[str, Callable[[], list[CaseResult]]]] = [
         ("scaling", lambda: measure_scaling(stack, upstream, config, limit)),
+        ("floor", lambda: [measure_floor(stack, upstream, config, limit)]),
         ("wide", lambda: measure_wide(stack, upstream, config)),
     ]
     drains: list[CaseResult] = []
-    if limit is not None and "scaling" in config.cases:
+    if limit is not None and {"scaling", "floor"} & set(config.cases):
         drains.append(
             replace(limit, case=f"limit-{config.concurrency}", in_flight=config.concurrency)
         )
@@ -232,7 +234,8 @@ def _drains(
         drains += done
     if drains:
         print(f"\n== drains at upstream {upstream.latency_ms:g} ms (jobs preloaded) ==")
-        print(drain_table(drains) + "\n", flush=True)
+        print(drain_table(drains), flush=True)
+        print(floor_comparison(drains) + "\n", flush=True)
     return drains
 
 
