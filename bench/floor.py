@@ -13,11 +13,10 @@ import argparse
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-import redis
 from celery import Celery
 
+from bench.celery_worker import run_threads_worker
 from worker.celery_app import create_celery_app
 from worker.queues import JOB_QUEUES, QUEUE_BY_PRIORITY, reuse_broker_clients
 from worker.settings import Settings
@@ -54,8 +53,6 @@ def publish(app: Celery, count: int, threads: int = 8) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the floor worker until SIGTERM, with the arguments `gmiq worker` gives Celery."""
-    from celery.signals import worker_ready
-
     parser = argparse.ArgumentParser(prog="python -m bench.floor")
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--wait-ms", type=float, required=True)
@@ -63,23 +60,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = Settings()
     app = create_floor_app(settings, args.wait_ms / 1000)
     reuse_broker_clients()  # as `gmiq worker` does
-
-    def on_ready(**_: Any) -> None:
-        client = redis.Redis.from_url(settings.redis_url)
-        client.set(ready_key(settings.redis_prefix), "1", ex=3600)
-
-    worker_ready.connect(on_ready, weak=False)
-    app.worker_main(
-        [
-            "worker",
-            "--pool=threads",
-            f"--concurrency={args.concurrency}",
-            f"--queues={','.join(JOB_QUEUES)}",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--loglevel=WARNING",
-        ]
+    run_threads_worker(
+        app, args.concurrency, JOB_QUEUES, settings.redis_url, ready_key(settings.redis_prefix)
     )
 
 

@@ -26,6 +26,7 @@ from sqlalchemy import BigInteger, DateTime, Engine, Text, create_engine, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from bench.celery_worker import run_threads_worker
 from worker.settings import Settings
 
 NAIVE_QUEUE = "bench.naive"
@@ -164,8 +165,6 @@ def publish(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the naive worker until SIGTERM."""
-    from celery.signals import worker_ready
-
     parser = argparse.ArgumentParser(prog="python -m bench.naive")
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--client", choices=CLIENT_MODES, default="shared")
@@ -174,24 +173,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = Settings()
     app = create_naive_app(settings)
     register_task(app, settings, args.client, args.http)
-
-    def on_ready(**_: Any) -> None:
-        import redis
-
-        redis.Redis.from_url(settings.redis_url).set(ready_key(settings.redis_prefix), "1", ex=3600)
-
-    worker_ready.connect(on_ready, weak=False)
-    app.worker_main(
-        [
-            "worker",
-            "--pool=threads",
-            f"--concurrency={args.concurrency}",
-            f"--queues={NAIVE_QUEUE}",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "--loglevel=WARNING",
-        ]
+    run_threads_worker(
+        app, args.concurrency, [NAIVE_QUEUE], settings.redis_url, ready_key(settings.redis_prefix)
     )
 
 
