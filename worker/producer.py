@@ -234,11 +234,11 @@ class JobProducer:
         not retried, and a streamed call stops at its next chunk once the worker's heartbeat
         has seen the flag."""
         with unit_of_work(self.sessions) as session:
-            job = repository.get_job(session, job_id)
-            if job is None:
+            status = repository.get_job_status(session, job_id)
+            if status is None:
                 raise JobNotFoundError(str(job_id))
-            if job.status in TERMINAL_STATUSES:
-                raise JobNotCancellableError(job.status)
+            if status in TERMINAL_STATUSES:
+                raise JobNotCancellableError(status)
             repository.cancel_job(session, job_id)
         return self.get(job_id)
 

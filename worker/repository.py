@@ -548,8 +548,9 @@ def _timing(first_token_s: float | None, tokens_per_s: float | None) -> dict[str
     return {"time_to_first_token_s": first_token_s, "tokens_per_s": tokens_per_s}
 
 
-def cancel_job(session: Session, job_id: uuid.UUID) -> Job | None:
-    """Cancel a job that has not started; flag a running one so it is not retried."""
+def cancel_job(session: Session, job_id: uuid.UUID) -> None:
+    """Cancel a job that has not started; flag a running one so it is not retried. Both
+    updates are guarded by status, so a worker finishing the job meanwhile wins."""
     session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_(_ACTIVE))
@@ -567,7 +568,6 @@ def cancel_job(session: Session, job_id: uuid.UUID) -> Job | None:
         .where(Job.id == job_id, Job.status == "running")
         .values(cancel_requested=True, updated_at=func.now())
     )
-    return session.get(Job, job_id, populate_existing=True)
 
 
 def is_cancel_requested(session: Session, job_id: uuid.UUID) -> bool:
