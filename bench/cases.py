@@ -288,16 +288,20 @@ def measure_latency(stack: Stack, upstream: Upstream, config: BenchConfig) -> li
         ("gmiq-producer", lambda: [measure_gmiq_producer(stack, upstream, config)]),
     ]
     for names, step in steps:
-        if not any(name in config.cases for name in names.split(", ")):
-            continue
-        print(f"  {names} ...", end="", flush=True)
-        began = time.monotonic()
-        load = os.getloadavg()[0]
-        done = step()
-        for result in done:
-            result.load_avg = load
-        rates = ", ".join(f"{result.jobs_per_s:,.1f}" for result in done)
-        took = time.monotonic() - began
-        print(f" {rates} jobs/s ({took:.0f} s, load {load:.1f})", flush=True)
-        results += done
+        if any(name in config.cases for name in names.split(", ")):
+            results += run_step(names, step)
     return sorted(results, key=lambda result: CASES.index(result.case))
+
+
+def run_step(names: str, step: Callable[[], list[CaseResult]]) -> list[CaseResult]:
+    """Run one step of cases, stamping each with the load average it started at, and print a
+    progress line with each case's jobs/s."""
+    print(f"  {names} ...", end="", flush=True)
+    began = time.monotonic()
+    load = os.getloadavg()[0]
+    done = step()
+    for result in done:
+        result.load_avg = load
+    rates = ", ".join(f"{result.case} {result.jobs_per_s:,.1f}" for result in done)
+    print(f" {rates} jobs/s ({time.monotonic() - began:.0f} s, load {load:.1f})", flush=True)
+    return done

@@ -21,7 +21,7 @@ from importlib import metadata
 from types import FrameType
 from typing import Any
 
-from bench.cases import measure_latency
+from bench.cases import measure_latency, run_step
 from bench.config import CASES, BenchConfig, Upstream
 from bench.naive import CLIENT_MODES, create_table
 from bench.polling import measure_polling
@@ -221,17 +221,8 @@ def _drains(
             replace(limit, case=f"limit-{config.concurrency}", in_flight=config.concurrency)
         )
     for name, step in steps:
-        if name not in config.cases:
-            continue
-        print(f"  {name} ...", end="", flush=True)
-        began = time.monotonic()
-        load = os.getloadavg()[0]
-        done = step()
-        for result in done:
-            result.load_avg = load
-        rates = ", ".join(f"{result.case} {result.jobs_per_s:,.1f}" for result in done)
-        print(f" {rates} jobs/s ({time.monotonic() - began:.0f} s, load {load:.1f})", flush=True)
-        drains += done
+        if name in config.cases:
+            drains += run_step(name, step)
     if drains:
         print(f"\n== drains at upstream {upstream.latency_ms:g} ms (jobs preloaded) ==")
         print(drain_table(drains), flush=True)

@@ -22,8 +22,8 @@ from api_contracts.jobs import JobSubmitRequest
 from api_contracts.messages import JobMessage
 from bench.cases import measure_limit, store_outcome
 from bench.config import BenchConfig, Upstream, bench_settings, run_tag, worker_env
-from bench.floor import create_floor_app, ready_key
 from bench.floor import publish as publish_floor_tasks
+from bench.floor import ready_key
 from bench.meters import CpuMeter, RssSampler
 from bench.processes import start_workers
 from bench.progress import gmiq_durations, gmiq_progress, wait_for_progress
@@ -164,7 +164,7 @@ def measure_floor(
     args = ["--concurrency", str(in_flight), "--wait-ms", f"{upstream.latency_ms:g}"]
     child = stack.spawn("floor-worker", [sys.executable, "-m", "bench.floor", *args], env)
     settings = bench_settings(stack, upstream).model_copy(update={"redis_prefix": prefix})
-    app = create_floor_app(settings, 0)
+    app = create_celery_app(settings)  # publishes by task name: no task to register
     reuse_broker_clients()
     client = stack.redis()
 
