@@ -11,6 +11,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
 from tests import services as service_fixtures
+from tests.conftest import wait_for
 from worker.db import make_engine
 
 
@@ -31,12 +32,20 @@ def terminate(engine: Engine, pid: int) -> None:
         assert connection.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
 
 
+def backend_alive(engine: Engine, pid: int) -> bool:
+    with engine.connect() as connection:
+        query = text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p")
+        return bool(connection.execute(query, {"p": pid}).scalar_one())
+
+
 def test_connection_killed_while_idle_is_replaced_without_an_error(
     one_connection: Engine, engine: Engine
 ) -> None:
     first = backend_pid(one_connection)
     terminate(engine, first)
-    time.sleep(0.5)
+    wait_for(lambda: not backend_alive(engine, first), 5, "the terminated backend to exit")
+    # Pinged only once idle for ping_after_idle_s (0.3 s): an idle time, not an event.
+    time.sleep(0.35)
     assert backend_pid(one_connection) != first
 
 
