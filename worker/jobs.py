@@ -200,7 +200,8 @@ class JobRunner:
         # the claim's status guard lets one claimant win).
         with unit_of_work(self.sessions, single_statement=True) as session:
             claim = repository.claim_job(session, message.job_id, self.worker_id, self.lease_s)
-            if claim is not None or repository.get_job(session, message.job_id) is not None:
+            # A duplicate or redelivered message: the job exists (only its status is read).
+            if claim is not None or repository.get_job_status(session, message.job_id):
                 return claim
             # A producer that only has Redis: the message is the job.
             repository.insert_job(
