@@ -1,18 +1,19 @@
-"""The upstream client honours the environment's proxy settings, as httpx does by default, even
-though it brings its own (deadline-aware) transport."""
+"""Both upstream clients honour the environment's proxy settings, as httpx does by default, even
+though the sync one brings its own (deadline-aware) transport and the async one is aiohttp."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx2
 import pytest
 
 from tests.conftest import SIM_KEY
-from worker.llm_client import LLMClient
+from worker.llm_client import AsyncLLMClient, LLMClient
 from worker.simulator import SimulatorServer
 from worker.timeouts import CallLimits
 
@@ -62,7 +63,7 @@ def proxy() -> Iterator[ForwardProxy]:
         yield running
 
 
-def _call(sim: SimulatorServer) -> int:
+def _call_sync(sim: SimulatorServer) -> int:
     client = LLMClient(sim.base_url, SIM_KEY, LIMITS, max_connections=2)
     try:
         return client.post("chat/completions", BODY).status_code
@@ -70,22 +71,44 @@ def _call(sim: SimulatorServer) -> int:
         client.close()
 
 
+def _call_async(sim: SimulatorServer) -> int:
+    async def call() -> int:
+        client = AsyncLLMClient(sim.base_url, SIM_KEY, LIMITS, max_connections=2)
+        try:
+            return (await client.post("chat/completions", BODY)).status_code
+        finally:
+            await client.close()
+
+    return asyncio.run(call())
+
+
+each_client = pytest.mark.parametrize("call", [_call_sync, _call_async], ids=["sync", "async"])
+
+
+@each_client
 def test_calls_go_through_the_proxy_the_environment_names(
-    sim: SimulatorServer, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
+    call: Callable[[SimulatorServer], int],
+    sim: SimulatorServer,
+    proxy: ForwardProxy,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
-    assert _call(sim) == 200
+    assert call(sim) == 200
     assert proxy.seen == [sim.base_url.rstrip("/") + "/chat/completions"]
     assert len(sim.requests()) == 1
 
 
+@each_client
 def test_no_proxy_hosts_are_reached_directly(
-    sim: SimulatorServer, proxy: ForwardProxy, monkeypatch: pytest.MonkeyPatch
+    call: Callable[[SimulatorServer], int],
+    sim: SimulatorServer,
+    proxy: ForwardProxy,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    assert _call(sim) == 200
+    assert call(sim) == 200
     assert proxy.seen == []
     assert len(sim.requests()) == 1
