@@ -81,18 +81,27 @@ def _consumed_queues(which: str) -> tuple[str, ...]:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    """Run a Celery worker: one process, many calls in flight on a thread pool."""
+    """Run a Celery worker: one process; a few threads take messages, and the calls wait on
+    one event loop."""
     from celery.signals import worker_ready, worker_shutting_down
 
     from worker.celery_app import create_celery_app
     from worker.runtime import build_runtime, install_runtime
+    from worker.webhooks import WEBHOOK_QUEUE
 
     _require_services(settings)
     app = create_celery_app(settings)
-    runtime = build_runtime(settings, app)
-    install_runtime(runtime)
     concurrency = args.concurrency or settings.worker_concurrency
+    runtime = build_runtime(settings, app, concurrency)
+    install_runtime(runtime)
+    runtime.calls.start()
     runtime.warm(min(settings.db_pool_size, concurrency))
+    queues = _consumed_queues(args.queues)
+    # Takers block while the call loop is full; webhook deliveries hold a thread for their POST
+    # (up to their own limit, past which they defer), so they get threads of their own.
+    threads = min(settings.claim_threads, concurrency)
+    if WEBHOOK_QUEUE in queues:
+        threads += settings.webhook_concurrency
 
     def on_ready(**_: Any) -> None:
         runtime.start_background()
@@ -108,8 +117,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             [
                 "worker",
                 "--pool=threads",
-                f"--concurrency={concurrency}",
-                f"--queues={','.join(_consumed_queues(args.queues))}",
+                f"--concurrency={threads}",
+                f"--queues={','.join(queues)}",
                 f"--hostname=gmiq-{uuid.uuid4().hex[:8]}@%h",
                 "--without-gossip",
                 "--without-mingle",

@@ -84,6 +84,19 @@ class InFlight:
             return list(self._ids)
 
 
+@dataclass(frozen=True)
+class StartedJob:
+    """A claimed job and its upstream call, ready to make."""
+
+    claim: repository.ClaimedJob
+    path: str
+    body: bytes
+    limits: CallLimits
+    # The job's deadline on this process' monotonic clock, if it has one.
+    expires: float | None
+    streamed: bool
+
+
 @dataclass
 class JobRunner:
     """Runs one job message to a recorded outcome; shared by all threads of a worker."""
@@ -101,32 +114,64 @@ class JobRunner:
     clock: Callable[[], float] = time.monotonic
 
     def run(self, message: JobMessage) -> str:
-        """Process the message; returns what happened (`skipped` for a duplicate)."""
+        """Process the message on this thread, call included; returns what happened
+        (`skipped` for a duplicate). The worker runs plain calls on its call loop instead."""
+        job = self.start(message)
+        if job is None:
+            return "skipped"
+        try:
+            if job.streamed:
+                return self.run_streamed(job)
+            try:
+                reply: UpstreamReply | UpstreamTransportError = self.client.post(
+                    job.path, job.body, job.limits
+                )
+            except UpstreamTransportError as exc:
+                reply = exc
+            return self.finish(job, reply)
+        finally:
+            self.end(job)
+
+    def start(self, message: JobMessage) -> StartedJob | None:
+        """Claim the job and build its upstream call; None for a duplicate. The job is in
+        flight (its lease renewed) until `end`."""
         claim = self._claim(message)
         if claim is None:
-            return "skipped"
+            return None
         self.in_flight.add(claim.id)
         try:
             self._publish(
                 claim.id, [state_event(JobStateEvent(status="running", attempt=claim.attempt))]
             )
             path, body = build_upstream_request(claim.kind, claim.request, claim.model)  # type: ignore[arg-type]
-            limits = call_limits(self.client.limits, claim.timeouts, claim.time_left_s)
-            expires = None if claim.time_left_s is None else self.clock() + claim.time_left_s
-            if claim.request.get("stream") is True:
-                outcome = self._call_streamed(claim, path, body, limits, expires)
-            else:
-                try:
-                    reply: UpstreamReply | UpstreamTransportError = self.client.post(
-                        path, body, limits
-                    )
-                except UpstreamTransportError as exc:
-                    reply = exc
-                outcome = self._record(claim, reply, expires=expires)
-            self._announce(claim, outcome)
-            return outcome
-        finally:
+            return StartedJob(
+                claim=claim,
+                path=path,
+                body=body,
+                limits=call_limits(self.client.limits, claim.timeouts, claim.time_left_s),
+                expires=None if claim.time_left_s is None else self.clock() + claim.time_left_s,
+                streamed=claim.request.get("stream") is True,
+            )
+        except BaseException:
             self.in_flight.discard(claim.id)
+            raise
+
+    def finish(self, job: StartedJob, reply: UpstreamReply | UpstreamTransportError) -> str:
+        """Record a plain call's answer (or its transport failure) and announce the outcome.
+        Safe to repeat after a database error: the record is one guarded transaction."""
+        outcome = self._record(job.claim, reply, expires=job.expires)
+        self._announce(job.claim, outcome)
+        return outcome
+
+    def run_streamed(self, job: StartedJob) -> str:
+        """Stream the call on this thread, publishing deltas, then record and announce."""
+        outcome = self._call_streamed(job.claim, job.path, job.body, job.limits, job.expires)
+        self._announce(job.claim, outcome)
+        return outcome
+
+    def end(self, job: StartedJob) -> None:
+        """The job is no longer this process's: its lease is not renewed from now on."""
+        self.in_flight.discard(job.claim.id)
 
     def _call_streamed(
         self,

@@ -1,4 +1,5 @@
-"""Wires one worker process: engine, upstream client, job runner and background duties."""
+"""Wires one worker process: engine, upstream clients, job runner, call loop and background
+duties."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -16,10 +18,11 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from worker import repository
+from worker.call_loop import CallLoop
 from worker.db import make_engine, make_sessionmaker, open_connections
 from worker.job_events import JobEventPublisher
 from worker.jobs import InFlight, JobRunner, RetryConfig
-from worker.llm_client import LLMClient
+from worker.llm_client import AsyncLLMClient, LLMClient
 from worker.maintenance import Maintenance, run_every
 from worker.queues import publish_job, redis_client_url, reuse_broker_clients
 from worker.settings import Settings
@@ -34,11 +37,16 @@ class WorkerRuntime:
     """Everything a worker process shares between its task threads."""
 
     runner: JobRunner
+    calls: CallLoop
     maintenance: Maintenance
     settings: Settings
     redis_client: redis.Redis
     webhooks: WebhookDeliverer
     stop: threading.Event = field(default_factory=threading.Event)
+    # When a SIGTERM's grace runs out, on the monotonic clock.
+    grace_ends: float | None = None
+    # Set once Celery has returned: from then on `shutdown` handles the grace.
+    celery_stopped: threading.Event = field(default_factory=threading.Event)
 
     def announce(self) -> None:
         """Mark this worker alive in Redis for operators (expires if the worker dies)."""
@@ -78,11 +86,13 @@ class WorkerRuntime:
         run_every(s.dispatch_interval_s, self.webhooks.dispatch, self.stop, "webhook-dispatcher")
 
     def begin_shutdown(self) -> None:
-        """On SIGTERM Celery stops taking messages and waits for running tasks; past the grace
-        we hand the remaining jobs back (they run again at once elsewhere) and cold-stop."""
+        """On SIGTERM Celery stops taking messages; running calls get the grace to finish.
+        Past it we hand the remaining jobs back (they run again at once elsewhere) and, if
+        Celery is still waiting on a task, cold-stop it."""
+        self.grace_ends = time.monotonic() + self.settings.shutdown_grace_s
 
         def after_grace() -> None:
-            if self.stop.wait(self.settings.shutdown_grace_s):
+            if self.stop.wait(self.settings.shutdown_grace_s) or self.celery_stopped.is_set():
                 return
             released = self.maintenance.release_in_flight()
             log.warning("shutdown grace over: handed back %d running jobs", released)
@@ -91,12 +101,20 @@ class WorkerRuntime:
         threading.Thread(target=after_grace, name="gmiq-shutdown-grace", daemon=True).start()
 
     def shutdown(self) -> None:
-        """Stop the loops, hand back anything still running, close the upstream client."""
+        """Once Celery has stopped: let the calls in flight finish within the grace, then stop
+        the loops, hand back anything still running and close the clients."""
+        self.celery_stopped.set()
+        grace_ends = self.grace_ends or time.monotonic() + self.settings.shutdown_grace_s
+        if not self.calls.drain(max(0.0, grace_ends - time.monotonic())):
+            log.warning("shutdown grace over with %d calls in flight", self.calls.in_flight())
         self.stop.set()
         try:
-            self.maintenance.release_in_flight()
+            released = self.maintenance.release_in_flight()
+            if released:
+                log.warning("handed back %d running jobs", released)
         except Exception as exc:  # the database may be the reason we are stopping
             log.warning("could not hand back running jobs: %s", type(exc).__name__)
+        self.calls.close()
         self.runner.client.close()
         self.webhooks.close()
         if self.runner.events is not None:
@@ -104,12 +122,13 @@ class WorkerRuntime:
         self.redis_client.delete(worker_key(self.settings.redis_prefix, self.runner.worker_id))
 
 
-def build_runtime(settings: Settings, app: Celery) -> WorkerRuntime:
-    """Build the runtime from settings; the API key goes to the client and nowhere else."""
+def build_runtime(settings: Settings, app: Celery, concurrency: int) -> WorkerRuntime:
+    """Build the runtime from settings, with up to `concurrency` jobs in flight; the API key
+    goes to the upstream clients and nowhere else."""
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     reuse_broker_clients()  # publishes (dispatcher) and acks (every job)
-    # Threads hold a connection only while they read or write, never across an upstream call,
-    # so a pool far smaller than the concurrency suffices.
+    # Connections are held only to read or write, never across an upstream call, so a pool far
+    # smaller than the concurrency suffices.
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
     sessions = make_sessionmaker(engine)
     key = settings.gmi_api_key.get_secret_value() if settings.gmi_api_key else None
@@ -117,6 +136,10 @@ def build_runtime(settings: Settings, app: Celery) -> WorkerRuntime:
         settings.connect_timeout_s, settings.read_timeout_s, settings.call_timeout_s
     )
     client = LLMClient(settings.gmi_base_url, key, limits, settings.max_connections)
+
+    def make_async_client() -> AsyncLLMClient:
+        return AsyncLLMClient(settings.gmi_base_url, key, limits, settings.max_connections)
+
     in_flight = InFlight()
     runner = JobRunner(
         sessions=sessions,
@@ -127,6 +150,12 @@ def build_runtime(settings: Settings, app: Celery) -> WorkerRuntime:
         redispatch_after_s=settings.redispatch_after_s,
         in_flight=in_flight,
         events=build_event_publisher(settings),
+    )
+    calls = CallLoop(
+        runner,
+        make_async_client,
+        capacity=concurrency,
+        record_threads=min(settings.db_pool_size, concurrency),
     )
     maintenance = Maintenance(
         sessions=sessions,
@@ -139,6 +168,7 @@ def build_runtime(settings: Settings, app: Celery) -> WorkerRuntime:
     )
     return WorkerRuntime(
         runner=runner,
+        calls=calls,
         maintenance=maintenance,
         settings=settings,
         redis_client=redis.Redis.from_url(

@@ -46,7 +46,12 @@ class Settings(BaseSettings):
     call_timeout_s: float = 1800.0
     max_connections: int = 1000
 
+    # Jobs in flight per worker process (plain calls wait on its event loop, streamed ones on
+    # threads).
     worker_concurrency: int = 200
+    # Celery threads per worker process that take job messages and claim their jobs; they hand
+    # each call over, so a few keep hundreds in flight.
+    claim_threads: int = 8
     max_attempts: int = 5
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 60.0

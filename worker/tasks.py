@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 
 @shared_task(name=RUN_JOB_TASK, **RETRY_WHILE_DATABASE_DOWN)
 def run_job(message: dict[str, Any]) -> str:
-    """Run one job message; duplicates and redeliveries are no-ops decided in Postgres."""
-    outcome = current_runtime().runner.run(JobMessage.model_validate(message))
-    log.info("job %s: %s", message.get("job_id"), outcome)
+    """Claim the message's job and hand its call to the process' call loop; duplicates and
+    redeliveries are no-ops decided in Postgres."""
+    outcome = current_runtime().calls.take(JobMessage.model_validate(message))
+    if outcome == "skipped":
+        log.info("job %s: %s", message.get("job_id"), outcome)
     return outcome

@@ -87,7 +87,7 @@ def test_a_worker_runtime_warms_its_pool_and_survives_a_database_that_is_down(
     deployment: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = deployment()
-    runtime = build_runtime(settings, create_celery_app(settings))
+    runtime = build_runtime(settings, create_celery_app(settings), concurrency=4)
     try:
         runtime.warm(3)
         assert runtime.runner.sessions.kw["bind"].pool.checkedin() == 3
@@ -96,7 +96,7 @@ def test_a_worker_runtime_warms_its_pool_and_survives_a_database_that_is_down(
         runtime.runner.sessions.kw["bind"].dispose()
 
     down = deployment(database_url="postgresql://gmiq@127.0.0.1:1/gmiq")
-    runtime = build_runtime(down, create_celery_app(down))
+    runtime = build_runtime(down, create_celery_app(down), concurrency=4)
     try:
         runtime.warm(3)  # logs, does not raise
     finally:

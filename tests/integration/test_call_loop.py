@@ -1,0 +1,97 @@
+"""A worker process keeps its calls in flight on one event loop: far more calls than Celery
+threads, and never more than its concurrency."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ApiServer, WorkerProcess, wait_for
+from tests.integration.test_pipeline import poll_terminal
+from tests.integration.test_reliability import submit
+from tests.outages import stoppable_postgres
+from worker.settings import Settings
+from worker.simulator import SimulatorServer
+
+
+def _arrivals(sim: SimulatorServer) -> list[float]:
+    return sorted(r["received_at"] for r in sim.requests())
+
+
+def _submit_slow_jobs(api: ApiServer, sim: SimulatorServer, jobs: int, delay_ms: int) -> list[str]:
+    sim.script([{"status": 200, "delay_ms": delay_ms}] * jobs)
+    return [submit(api, f"job {n}") for n in range(jobs)]
+
+
+def test_one_worker_keeps_many_more_calls_in_flight_than_it_has_threads(
+    deployment: Callable[..., Settings],
+    start_worker: Callable[..., WorkerProcess],
+    start_api: Callable[[Settings], ApiServer],
+    sim: SimulatorServer,
+) -> None:
+    # Two Celery threads: one call per thread would need 20 rounds of 3 s for 40 calls.
+    settings = deployment(claim_threads=2)
+    start_worker(settings, concurrency=40, queues="jobs")
+    api = start_api(settings)
+    job_ids = _submit_slow_jobs(api, sim, 40, delay_ms=3000)
+
+    wait_for(lambda: len(sim.requests()) == 40, 20, "all 40 calls to reach the upstream")
+    arrivals = _arrivals(sim)
+    # Every call reached the upstream before the first one was answered.
+    assert arrivals[-1] - arrivals[0] < 3.0
+    for job_id in job_ids:
+        view = poll_terminal(api, job_id, timeout_s=30)
+        assert view["status"] == "succeeded"
+        assert view["usage"] is not None
+
+
+def test_a_full_worker_takes_no_more_jobs_than_its_concurrency(
+    deployment: Callable[..., Settings],
+    start_worker: Callable[..., WorkerProcess],
+    start_api: Callable[[Settings], ApiServer],
+    sim: SimulatorServer,
+) -> None:
+    settings = deployment(claim_threads=4)
+    start_worker(settings, concurrency=3, queues="jobs")
+    api = start_api(settings)
+    job_ids = _submit_slow_jobs(api, sim, 6, delay_ms=1500)
+
+    wait_for(lambda: len(sim.requests()) == 3, 20, "the first three calls")
+    statuses = [api.client.get(f"/v1/jobs/{job_id}").json()["status"] for job_id in job_ids]
+    assert sorted(statuses) == ["queued"] * 3 + ["running"] * 3
+    for job_id in job_ids:
+        assert poll_terminal(api, job_id, timeout_s=30)["status"] == "succeeded"
+    arrivals = _arrivals(sim)
+    # The last three were called only as the first three were answered.
+    assert arrivals[3] - arrivals[0] >= 1.4
+
+
+@pytest.mark.timeout(180)
+def test_an_answer_that_comes_while_postgres_is_down_is_recorded_without_a_second_call(
+    deployment: Callable[..., Settings],
+    start_worker: Callable[..., WorkerProcess],
+    start_api: Callable[[Settings], ApiServer],
+    sim: SimulatorServer,
+    tmp_path: Path,
+) -> None:
+    with stoppable_postgres(tmp_path) as postgres:
+        settings = deployment(database_url=postgres.url, lease_s=30.0)
+        worker = start_worker(settings)
+        api = start_api(settings)
+        sim.script([{"status": 200, "delay_ms": 1000}])
+        job_id = submit(api)
+        wait_for(lambda: sim.requests(), 20, "the call to start")
+        postgres.stop()
+        wait_for(
+            lambda: "answer not recorded yet" in worker.log_path.read_text(),
+            20,
+            "the worker to find Postgres down when the answer came",
+        )
+        postgres.start()
+        view = poll_terminal(api, job_id, timeout_s=60)
+    assert view["status"] == "succeeded"
+    assert [a["outcome"] for a in view["attempts"]] == ["succeeded"]
+    assert view["usage"] is not None
+    assert len(sim.requests()) == 1

@@ -1,0 +1,175 @@
+"""Where a worker process keeps its upstream calls in flight: one event loop for plain calls.
+
+An LLM job is almost all waiting. With a thread per call, hundreds of threads wake for every
+byte and fight over the GIL, and the process tops out far below what the upstream allows (see
+docs/performance.md). Here Celery's few threads only take messages: each claims its job and
+hands the call over, so hundreds of calls wait on one loop. Recording an answer is blocking
+database work, done on a few threads of its own so the loop never waits on Postgres, and tried
+again while Postgres is briefly unreachable rather than paying for the call twice. Streamed
+calls run whole on a thread each, because their relay publishes every chunk with a blocking
+Redis client.
+
+A job handed over is acknowledged at once: from then on its lease in Postgres is what keeps it
+(renewed while it runs, taken back by the reaper if this process dies), as for any running job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import uvloop
+from sqlalchemy.exc import OperationalError
+
+from api_contracts.messages import JobMessage
+from worker.jobs import JobRunner, StartedJob
+from worker.llm_client import AsyncLLMClient, UpstreamReply, UpstreamTransportError
+
+log = logging.getLogger(__name__)
+
+
+class CallLoop:
+    """At most `capacity` jobs in flight in this process: plain calls on the loop, streamed
+    ones on threads."""
+
+    def __init__(
+        self,
+        runner: JobRunner,
+        make_client: Callable[[], AsyncLLMClient],
+        capacity: int,
+        record_threads: int,
+    ) -> None:
+        self._runner = runner
+        self._make_client = make_client
+        self._capacity = capacity
+        self._busy = 0
+        self._changed = threading.Condition()
+        self._loop = uvloop.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="gmiq-calls")
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._client: AsyncLLMClient | None = None
+        self._recorders = ThreadPoolExecutor(record_threads, thread_name_prefix="gmiq-record")
+        self._streams = ThreadPoolExecutor(capacity, thread_name_prefix="gmiq-stream")
+
+    def start(self) -> None:
+        """Run the loop and open the upstream client on it (aiohttp wants its own loop)."""
+        self._thread.start()
+        self._client = asyncio.run_coroutine_threadsafe(self._open(), self._loop).result()
+
+    async def _open(self) -> AsyncLLMClient:
+        return self._make_client()
+
+    def take(self, message: JobMessage) -> str:
+        """Claim the message's job and hand its call over; waits while every slot is taken, so
+        a full process takes no more jobs. Returns `started` or `skipped` (a duplicate)."""
+        self._acquire()
+        handed = False
+        try:
+            job = self._runner.start(message)
+            if job is None:
+                return "skipped"
+            if job.streamed:
+                self._streams.submit(self._stream, job)
+            else:
+                self._loop.call_soon_threadsafe(self._spawn, job)
+            handed = True
+            return "started"
+        finally:
+            if not handed:
+                self._release()
+
+    def in_flight(self) -> int:
+        """Jobs this process has taken and not yet finished."""
+        with self._changed:
+            return self._busy
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until every job taken has finished, or the time is up; True if all finished."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._busy == 0, timeout_s)
+
+    def close(self) -> None:
+        """Stop the loop: calls still running are abandoned (the caller hands their jobs back
+        first); the upstream client's connections close."""
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+        self._recorders.shutdown(wait=False, cancel_futures=True)
+        self._streams.shutdown(wait=False, cancel_futures=True)
+
+    async def _stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.close()
+
+    def _acquire(self) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._busy < self._capacity)
+            self._busy += 1
+
+    def _release(self) -> None:
+        with self._changed:
+            self._busy -= 1
+            self._changed.notify_all()
+
+    def _spawn(self, job: StartedJob) -> None:
+        task = self._loop.create_task(self._call(job))
+        # The loop keeps only weak references to its tasks.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _call(self, job: StartedJob) -> None:
+        assert self._client is not None  # opened by start()
+        try:
+            try:
+                reply: UpstreamReply | UpstreamTransportError = await self._client.post(
+                    job.path, job.body, job.limits
+                )
+            except UpstreamTransportError as exc:
+                reply = exc
+            log.info("job %s: %s", job.claim.id, await self._finish(job, reply))
+        except Exception:
+            # Not recorded: the job stays running until its lease runs out and the reaper
+            # takes it back, like a job whose worker died.
+            log.exception("job %s: outcome not recorded", job.claim.id)
+        finally:
+            self._runner.end(job)
+            self._release()
+
+    async def _finish(self, job: StartedJob, reply: UpstreamReply | UpstreamTransportError) -> str:
+        """Record the answer. While Postgres is unreachable, try again with backoff for up to
+        the lease (which the heartbeat renews once Postgres is back): calling the upstream
+        again would pay for the answer twice."""
+        delay_s = 0.5
+        give_up_at = self._loop.time() + self._runner.lease_s
+        while True:
+            try:
+                return await self._loop.run_in_executor(
+                    self._recorders, self._runner.finish, job, reply
+                )
+            except OperationalError as exc:
+                if self._loop.time() + delay_s > give_up_at:
+                    raise
+                log.warning(
+                    "job %s: answer not recorded yet (%s); trying again in %g s",
+                    job.claim.id,
+                    type(exc).__name__,
+                    delay_s,
+                )
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 5.0)
+
+    def _stream(self, job: StartedJob) -> None:
+        try:
+            log.info("job %s: %s", job.claim.id, self._runner.run_streamed(job))
+        except Exception:
+            log.exception("job %s: outcome not recorded", job.claim.id)
+        finally:
+            self._runner.end(job)
+            self._release()
