@@ -22,13 +22,17 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import uvloop
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from api_contracts.messages import JobMessage
 from worker.jobs import JobRunner, StartedJob
 from worker.llm_client import AsyncLLMClient, UpstreamReply, UpstreamTransportError
 
 log = logging.getLogger(__name__)
+
+# Postgres down, a connection cut, or the pool exhausted while Postgres hangs: worth waiting out.
+_DATABASE_UNREACHABLE = (OperationalError, DisconnectionError, PoolTimeoutError)
 
 
 class CallLoop:
@@ -46,9 +50,13 @@ class CallLoop:
         self._make_client = make_client
         self._capacity = capacity
         self._busy = 0
+        self._closing = False
         self._changed = threading.Condition()
         self._loop = uvloop.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="gmiq-calls")
+        # A daemon, so a worker that fails before `close` still exits.
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="gmiq-calls", daemon=True
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: AsyncLLMClient | None = None
         self._recorders = ThreadPoolExecutor(record_threads, thread_name_prefix="gmiq-record")
@@ -64,22 +72,32 @@ class CallLoop:
 
     def take(self, message: JobMessage) -> str:
         """Claim the message's job and hand its call over; waits while every slot is taken, so
-        a full process takes no more jobs. Returns `started` or `skipped` (a duplicate)."""
-        self._acquire()
-        handed = False
+        a full process takes no more jobs. Returns `started`, `skipped` (a duplicate) or
+        `refused` (the process is stopping: the message must go back to its queue)."""
+        if not self._acquire():
+            return "refused"
+        job: StartedJob | None = None
         try:
             job = self._runner.start(message)
             if job is None:
+                self._release()
                 return "skipped"
             if job.streamed:
                 self._streams.submit(self._stream, job)
             else:
                 self._loop.call_soon_threadsafe(self._spawn, job)
-            handed = True
             return "started"
-        finally:
-            if not handed:
-                self._release()
+        except BaseException:
+            self._release()
+            if job is not None:  # claimed but not handed over: nobody will call it here
+                self._runner.hand_back(job)
+            raise
+
+    def stop_taking(self) -> None:
+        """Refuse new jobs from now on; takers waiting for a slot give their messages back."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
 
     def in_flight(self) -> int:
         """Jobs this process has taken and not yet finished."""
@@ -94,12 +112,17 @@ class CallLoop:
     def close(self) -> None:
         """Stop the loop: calls still running are abandoned (the caller hands their jobs back
         first); the upstream client's connections close."""
-        if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
+        self.stop_taking()
+        try:
+            if self._thread.is_alive():
+                asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
+        finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
-        self._recorders.shutdown(wait=False, cancel_futures=True)
-        self._streams.shutdown(wait=False, cancel_futures=True)
+            if not self._thread.is_alive():
+                self._loop.close()
+            self._recorders.shutdown(wait=False, cancel_futures=True)
+            self._streams.shutdown(wait=False, cancel_futures=True)
 
     async def _stop(self) -> None:
         for task in list(self._tasks):
@@ -108,10 +131,13 @@ class CallLoop:
         if self._client is not None:
             await self._client.close()
 
-    def _acquire(self) -> None:
+    def _acquire(self) -> bool:
         with self._changed:
-            self._changed.wait_for(lambda: self._busy < self._capacity)
+            self._changed.wait_for(lambda: self._closing or self._busy < self._capacity)
+            if self._closing:
+                return False
             self._busy += 1
+            return True
 
     def _release(self) -> None:
         with self._changed:
@@ -153,7 +179,7 @@ class CallLoop:
                 return await self._loop.run_in_executor(
                     self._recorders, self._runner.finish, job, reply
                 )
-            except OperationalError as exc:
+            except _DATABASE_UNREACHABLE as exc:
                 if self._loop.time() + delay_s > give_up_at:
                     raise
                 log.warning(

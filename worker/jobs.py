@@ -7,6 +7,7 @@ import random
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -55,20 +56,27 @@ class RetryConfig:
 
 class InFlight:
     """The ids of the jobs this process is running, for the lease heartbeat, and which of them
-    their callers cancelled (the heartbeat learns it; streamed calls stop on it)."""
+    their callers cancelled (the heartbeat learns it; streamed calls stop on it).
+
+    Counted, not a set: an attempt whose record is still being retried may see its job taken
+    back and claimed again by this same process, and the first one ending must not stop the
+    second one's lease renewal."""
 
     def __init__(self) -> None:
-        self._ids: set[uuid.UUID] = set()
+        self._ids: Counter[uuid.UUID] = Counter()
         self._cancelled: set[uuid.UUID] = set()
         self._lock = threading.Lock()
 
     def add(self, job_id: uuid.UUID) -> None:
         with self._lock:
-            self._ids.add(job_id)
+            self._ids[job_id] += 1
 
     def discard(self, job_id: uuid.UUID) -> None:
         with self._lock:
-            self._ids.discard(job_id)
+            if self._ids[job_id] > 1:
+                self._ids[job_id] -= 1
+                return
+            self._ids.pop(job_id, None)
             self._cancelled.discard(job_id)
 
     def cancel(self, job_ids: list[uuid.UUID]) -> None:
@@ -168,6 +176,14 @@ class JobRunner:
         outcome = self._call_streamed(job.claim, job.path, job.body, job.limits, job.expires)
         self._announce(job.claim, outcome)
         return outcome
+
+    def hand_back(self, job: StartedJob) -> None:
+        """Give a claimed job back to the queue without calling it (this process is stopping)."""
+        try:
+            with unit_of_work(self.sessions) as session:
+                repository.release_jobs(session, [job.claim.id], self.worker_id)
+        finally:
+            self.end(job)
 
     def end(self, job: StartedJob) -> None:
         """The job is no longer this process's: its lease is not renewed from now on."""

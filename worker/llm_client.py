@@ -7,6 +7,7 @@ its event loop."""
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -237,4 +238,10 @@ def _socket_timeout(exc: aiohttp.ServerTimeoutError, limits: CallLimits) -> Upst
 
 
 def _failed(error_type: str, exc: Exception) -> UpstreamTransportError:
-    return UpstreamTransportError(error_type, f"{type(exc).__name__}: {exc}")
+    # The message is stored in the job's error and served to callers: a proxy URL in it must
+    # not carry its password (aiohttp's proxy errors print the proxy URL whole).
+    message = _USERINFO.sub(r"\1", f"{type(exc).__name__}: {exc}")
+    return UpstreamTransportError(error_type, message)
+
+
+_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")

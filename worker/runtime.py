@@ -47,6 +47,7 @@ class WorkerRuntime:
     grace_ends: float | None = None
     # Set once Celery has returned: from then on `shutdown` handles the grace.
     celery_stopped: threading.Event = field(default_factory=threading.Event)
+    stopping: threading.Lock = field(default_factory=threading.Lock)
 
     def announce(self) -> None:
         """Mark this worker alive in Redis for operators (expires if the worker dies)."""
@@ -86,24 +87,31 @@ class WorkerRuntime:
         run_every(s.dispatch_interval_s, self.webhooks.dispatch, self.stop, "webhook-dispatcher")
 
     def begin_shutdown(self) -> None:
-        """On SIGTERM Celery stops taking messages; running calls get the grace to finish.
-        Past it we hand the remaining jobs back (they run again at once elsewhere) and, if
-        Celery is still waiting on a task, cold-stop it."""
+        """On SIGTERM Celery stops taking messages, and so do the call loop's takers; running
+        calls get the grace to finish. Past it we hand the remaining jobs back (they run again
+        at once elsewhere) and, if Celery is still waiting on a task, cold-stop it."""
+        if self.grace_ends is not None:  # a second SIGTERM changes nothing
+            return
         self.grace_ends = time.monotonic() + self.settings.shutdown_grace_s
+        self.calls.stop_taking()
 
         def after_grace() -> None:
-            if self.stop.wait(self.settings.shutdown_grace_s) or self.celery_stopped.is_set():
+            if self.stop.wait(self.settings.shutdown_grace_s):
                 return
-            released = self.maintenance.release_in_flight()
-            log.warning("shutdown grace over: handed back %d running jobs", released)
-            os.kill(os.getpid(), signal.SIGQUIT)
+            with self.stopping:
+                if self.celery_stopped.is_set():  # `shutdown` has it in hand
+                    return
+                released = self.maintenance.release_in_flight()
+                log.warning("shutdown grace over: handed back %d running jobs", released)
+                os.kill(os.getpid(), signal.SIGQUIT)
 
         threading.Thread(target=after_grace, name="gmiq-shutdown-grace", daemon=True).start()
 
     def shutdown(self) -> None:
         """Once Celery has stopped: let the calls in flight finish within the grace, then stop
         the loops, hand back anything still running and close the clients."""
-        self.celery_stopped.set()
+        with self.stopping:
+            self.celery_stopped.set()
         grace_ends = self.grace_ends or time.monotonic() + self.settings.shutdown_grace_s
         if not self.calls.drain(max(0.0, grace_ends - time.monotonic())):
             log.warning("shutdown grace over with %d calls in flight", self.calls.in_flight())

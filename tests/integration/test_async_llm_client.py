@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socketserver
+import threading
 import time
 from collections.abc import Iterator
 
@@ -181,3 +183,38 @@ def test_two_hundred_calls_at_once_all_succeed_on_a_pool_of_twenty(
     assert 0 < opened <= pool, opened
     # No more than `pool` calls were ever in flight: they went in at least calls/pool waves.
     assert took >= (calls / pool) * LATENCY_MS / 1000, took
+
+
+class _RefusingProxy(socketserver.BaseRequestHandler):
+    """Answers every CONNECT with 407, as a proxy rejecting its credentials does."""
+
+    def handle(self) -> None:
+        self.request.recv(65536)
+        self.request.sendall(
+            b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n"
+        )
+
+
+def test_a_proxy_password_never_reaches_the_error_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _RefusingProxy) as proxy:
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        port = proxy.server_address[1]
+        monkeypatch.setenv("HTTPS_PROXY", f"http://gmiq:s3cret-pw@127.0.0.1:{port}")
+
+        async def scenario() -> str:
+            client = AsyncLLMClient("https://upstream.invalid/v1/", None, LIMITS, 2)
+            try:
+                with pytest.raises(UpstreamTransportError) as raised:
+                    await client.post("chat/completions", b"{}")
+                return str(raised.value)
+            finally:
+                await client.close()
+
+        message = asyncio.run(scenario())
+        proxy.shutdown()
+    # aiohttp's own text names the proxy URL, credentials included; ours keeps the rest.
+    assert message.startswith("ClientHttpProxyError: 407"), message
+    assert f"127.0.0.1:{port}" in message
+    assert "s3cret-pw" not in message

@@ -7,11 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.conftest import ApiServer, WorkerProcess, wait_for
 from tests.integration.test_pipeline import poll_terminal
 from tests.integration.test_reliability import submit
 from tests.outages import stoppable_postgres
+from worker.celery_app import broker_key_prefix
 from worker.settings import Settings
 from worker.simulator import SimulatorServer
 
@@ -95,3 +97,33 @@ def test_an_answer_that_comes_while_postgres_is_down_is_recorded_without_a_secon
     assert [a["outcome"] for a in view["attempts"]] == ["succeeded"]
     assert view["usage"] is not None
     assert len(sim.requests()) == 1
+
+
+def test_sigterm_while_the_loop_is_full_gives_waiting_messages_back(
+    deployment: Callable[..., Settings],
+    start_worker: Callable[..., WorkerProcess],
+    start_api: Callable[[Settings], ApiServer],
+    sim: SimulatorServer,
+    redis_client: redis.Redis,
+) -> None:
+    settings = deployment(shutdown_grace_s=20, claim_threads=2)
+    worker = start_worker(settings, concurrency=1, queues="jobs")
+    api = start_api(settings)
+    sim.script([{"status": 200, "delay_ms": 2000}])
+    first = submit(api, "first")
+    wait_for(lambda: sim.requests(), 20, "the first call")
+    second = submit(api, "second")
+    queue = f"{broker_key_prefix(settings)}gmiq.normal"
+    # A thread has taken the second message and waits for the only slot.
+    wait_for(lambda: redis_client.llen(queue) == 0, 20, "the second message to be taken")
+
+    worker.process.terminate()
+    assert worker.process.wait(timeout=20) == 0
+    assert api.client.get(f"/v1/jobs/{first}").json()["status"] == "succeeded"
+    # Not claimed, not called: back on its queue for the next worker.
+    assert api.client.get(f"/v1/jobs/{second}").json()["status"] == "queued"
+    assert len(sim.requests()) == 1
+    assert redis_client.llen(queue) == 1
+
+    start_worker(settings, queues="jobs")
+    assert poll_terminal(api, second)["status"] == "succeeded"
