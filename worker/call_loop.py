@@ -117,8 +117,9 @@ class CallLoop:
             if self._thread.is_alive():
                 asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
+            if self._thread.ident is not None:  # started (a runtime may close unstarted)
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._thread.join(timeout=10)
             if not self._thread.is_alive():
                 self._loop.close()
             self._recorders.shutdown(wait=False, cancel_futures=True)
