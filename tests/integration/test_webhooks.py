@@ -227,7 +227,13 @@ def test_each_terminal_job_sends_exactly_one_signed_event(
         failed: "job.failed",
         succeeded: "job.succeeded",
     }
-    view = api.client.get(f"/v1/jobs/{succeeded}").json()
+
+    # The receiver answers before the worker records the attempt.
+    def recorded() -> dict[str, Any] | None:
+        view: dict[str, Any] = api.client.get(f"/v1/jobs/{succeeded}").json()
+        return view if view["deliveries"][0]["status"] == "delivered" else None
+
+    view = wait_for(recorded, 20, "the delivery to be recorded")
     delivery = view.pop("deliveries")[0]
     assert events[succeeded]["data"] == view
     assert delivery["status"] == "delivered"
