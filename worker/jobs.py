@@ -121,25 +121,6 @@ class JobRunner:
     events: JobEventPublisher | None = None
     clock: Callable[[], float] = time.monotonic
 
-    def run(self, message: JobMessage) -> str:
-        """Process the message on this thread, call included; returns what happened
-        (`skipped` for a duplicate). The worker runs plain calls on its call loop instead."""
-        job = self.start(message)
-        if job is None:
-            return "skipped"
-        try:
-            if job.streamed:
-                return self.run_streamed(job)
-            try:
-                reply: UpstreamReply | UpstreamTransportError = self.client.post(
-                    job.path, job.body, job.limits
-                )
-            except UpstreamTransportError as exc:
-                reply = exc
-            return self.finish(job, reply)
-        finally:
-            self.end(job)
-
     def start(self, message: JobMessage) -> StartedJob | None:
         """Claim the job and build its upstream call; None for a duplicate. The job is in
         flight (its lease renewed) until `end`."""
