@@ -1,0 +1,97 @@
+"""Group commit: items handed in one by one, done in batches by a few threads.
+
+A worker's claims and records are each one round trip to Postgres. Done one per thread, every
+round trip is a GIL hand-off among dozens of busy threads, and contention, not the statements,
+is where the CPU goes (docs/performance.md). Here a lane thread takes everything that queued
+while it was busy and does it in one call: at low load a batch is one item and waits for
+nothing; under load batches grow by themselves, and the round trips per job fall.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+Outcome = TypeVar("Outcome")
+
+
+class BatcherClosedError(RuntimeError):
+    """The batcher was closed before the item's batch ran."""
+
+
+class Batcher(Generic[Item, Outcome]):
+    """Runs `work` on batches of at most `max_batch` items, on `lanes` threads.
+
+    `work` returns one result per item, in order: an outcome, or an exception for that item
+    alone. An exception `work` raises is every item's of that batch."""
+
+    def __init__(
+        self,
+        work: Callable[[list[Item]], Sequence[Outcome | BaseException]],
+        lanes: int,
+        max_batch: int,
+        name: str,
+    ) -> None:
+        self._work = work
+        self._max_batch = max_batch
+        self._pending: deque[tuple[Item, Future[Outcome]]] = deque()
+        self._changed = threading.Condition()
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._lane, name=f"{name}-{n}", daemon=True)
+            for n in range(lanes)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, item: Item) -> Future[Outcome]:
+        """Queue the item; its future holds its outcome once its batch has run."""
+        future: Future[Outcome] = Future()
+        with self._changed:
+            if self._closed:
+                future.set_exception(BatcherClosedError("closed"))
+                return future
+            self._pending.append((item, future))
+            self._changed.notify()
+        return future
+
+    def close(self) -> None:
+        """Run no more batches; items still queued fail with `BatcherClosedError`."""
+        with self._changed:
+            self._closed = True
+            dropped = list(self._pending)
+            self._pending.clear()
+            self._changed.notify_all()
+        for _, future in dropped:
+            future.set_exception(BatcherClosedError("closed"))
+
+    def _take(self) -> list[tuple[Item, Future[Outcome]]] | None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._closed or bool(self._pending))
+            if self._closed:
+                return None
+            count = min(len(self._pending), self._max_batch)
+            return [self._pending.popleft() for _ in range(count)]
+
+    def _lane(self) -> None:
+        while (batch := self._take()) is not None:
+            try:
+                results = self._work([item for item, _ in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"{len(results)} results for {len(batch)} items")
+            except BaseException as exc:  # every item of the batch gets it
+                for _, future in batch:
+                    future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
