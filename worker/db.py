@@ -9,10 +9,14 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import InvalidatePoolError
+from sqlalchemy.exc import DisconnectionError, InvalidatePoolError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.settings import to_sqlalchemy_url
+
+# Postgres down, a connection cut, or the pool exhausted while Postgres hangs: worth waiting out.
+DATABASE_UNREACHABLE = (OperationalError, DisconnectionError, PoolTimeoutError)
 
 # A connection idle at least this long is pinged before use (see `_ping_after_idle`).
 PING_AFTER_IDLE_S = 1.0

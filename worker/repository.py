@@ -11,13 +11,17 @@ from typing import Any, TypedDict
 
 import orjson
 from sqlalchemy import (
+    ARRAY,
+    Boolean,
     Double,
     Integer,
     Table,
     Text,
     and_,
+    any_,
     bindparam,
     case,
+    column,
     func,
     insert,
     literal,
@@ -217,7 +221,7 @@ def _build_claim() -> Any:
     claimed = (
         update(job)
         .where(
-            job.c.id == bindparam("b_job_id"),
+            job.c.id == any_(bindparam("b_job_ids", type_=ARRAY(PG_UUID(as_uuid=True)))),
             job.c.status.in_(_ACTIVE),
             job.c.cancel_requested.is_(False),
             # An overdue job is failed by `expire_overdue_jobs`, not called.
@@ -271,17 +275,30 @@ def claim_job(
 
     The status guard makes a duplicated or redelivered message a no-op.
     """
-    row = (
-        session.connection()
-        .execute(_CLAIM, {"b_job_id": job_id, "b_worker_id": worker_id, "b_lease_s": lease_s})
-        .first()
+    claims = claim_jobs(session, [job_id], worker_id, lease_s)
+    return claims[0] if claims else None
+
+
+def claim_jobs(
+    session: Session, job_ids: Sequence[uuid.UUID], worker_id: str, lease_s: float
+) -> list[ClaimedJob]:
+    """`claim_job` for many jobs in one statement: the ones claimed, in no particular order
+    (a job not among them was not ours to claim, or does not exist)."""
+    rows = session.connection().execute(
+        _CLAIM, {"b_job_ids": list(job_ids), "b_worker_id": worker_id, "b_lease_s": lease_s}
     )
-    if row is None:
-        return None
-    time_left = None if row.time_left_s is None else float(row.time_left_s)
-    return ClaimedJob(
-        row.id, row.kind, row.model, row.request, row.attempt_count, row.timeouts, time_left
-    )
+    return [
+        ClaimedJob(
+            row.id,
+            row.kind,
+            row.model,
+            row.request,
+            row.attempt_count,
+            row.timeouts,
+            None if row.time_left_s is None else float(row.time_left_s),
+        )
+        for row in rows
+    ]
 
 
 def _held(claim: ClaimedJob, worker_id: str) -> tuple[Any, ...]:
@@ -327,41 +344,72 @@ _USAGE_COLUMNS = (
 )
 
 
-def _build_record_success(with_usage: bool) -> Any:
-    # Built once per shape; see `_build_claim`.
+# One row per success, as `record_successes` sends them (`jsonb_to_recordset` column types).
+_SUCCESS_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("job_id", PG_UUID(as_uuid=True)),
+    ("attempt", Integer),
+    ("result", JSONB),
+    ("output_text", Text),
+    ("status_code", Integer),
+    ("first_token_s", Double),
+    ("tokens_per_s", Double),
+    ("event_id", PG_UUID(as_uuid=True)),
+    ("has_usage", Boolean),
+    ("usage_model", Text),
+    ("input_tokens", Integer),
+    ("output_tokens", Integer),
+    ("total_tokens", Integer),
+    ("cached_tokens", Integer),
+    ("reasoning_tokens", Integer),
+)
+
+
+_ON_THE_JOB = ("job_id", "result", "output_text")
+
+
+def _build_record_successes() -> Any:
+    # Built once; see `_build_claim`. The whole batch is one JSON parameter, unpacked by
+    # Postgres into rows, so a batch of any size is the same statement (compiled once).
     job, attempt = _tables["job"], _tables["attempt"]
+    given = (
+        func.jsonb_to_recordset(bindparam("b_batch", type_=JSONB))
+        .table_valued(*(column(name, type_) for name, type_ in _SUCCESS_FIELDS))
+        .render_derived(name="given", with_types=True)
+    )
     done = (
         update(job)
         .where(
-            job.c.id == bindparam("b_job_id"),
+            job.c.id == given.c.job_id,
             job.c.status == "running",
             job.c.worker_id == bindparam("b_worker_id", type_=Text),
-            job.c.attempt_count == bindparam("b_attempt", type_=Integer),
+            job.c.attempt_count == given.c.attempt,
         )
         .values(
             status="succeeded",
             finished_at=func.now(),
             updated_at=func.now(),
             lease_expires_at=None,
-            result=bindparam("b_result", type_=JSONB),
-            output_text=bindparam("b_output_text", type_=Text),
+            result=given.c.result,
+            output_text=given.c.output_text,
             error=None,
         )
-        .returning(job.c.id, job.c.callback_url)
+        .returning(
+            job.c.id,
+            job.c.callback_url,
+            # What the other parts need; not the body, which is stored once, on the job.
+            *(given.c[name] for name, _ in _SUCCESS_FIELDS if name not in _ON_THE_JOB),
+        )
         .cte("done")
     )
     closed = (
         update(attempt)
-        .where(
-            attempt.c.job_id.in_(select(done.c.id)),
-            attempt.c.number == bindparam("b_attempt", type_=Integer),
-        )
+        .where(attempt.c.job_id == done.c.id, attempt.c.number == done.c.attempt)
         .values(
             outcome="succeeded",
             finished_at=func.now(),
-            status_code=bindparam("b_status_code", type_=Integer),
-            time_to_first_token_s=bindparam("b_first_token_s", type_=Double),
-            tokens_per_s=bindparam("b_tokens_per_s", type_=Double),
+            status_code=done.c.status_code,
+            time_to_first_token_s=done.c.first_token_s,
+            tokens_per_s=done.c.tokens_per_s,
         )
         .cte("closed")
     )
@@ -370,7 +418,7 @@ def _build_record_success(with_usage: bool) -> Any:
         .from_select(
             ["id", "job_id", "type", "url", "next_attempt_at"],
             select(
-                bindparam("b_event_id", type_=PG_UUID(as_uuid=True)),
+                done.c.event_id,
                 done.c.id,
                 literal("job.succeeded", Text),
                 done.c.callback_url,
@@ -380,28 +428,54 @@ def _build_record_success(with_usage: bool) -> Any:
         .on_conflict_do_nothing()
         .cte("announced")
     )
-    parts = [closed, announced]
-    if with_usage:
-        types = (Text, Integer, Integer, Integer, Integer, Integer)
-        parts.append(
-            pg_insert(_tables["usage"])
-            .from_select(
-                ["job_id", *_USAGE_COLUMNS],
-                select(
-                    done.c.id,
-                    *(
-                        bindparam(f"b_{name}", type_=type_)
-                        for name, type_ in zip(_USAGE_COLUMNS, types, strict=True)
-                    ),
-                ),
-            )
-            .on_conflict_do_nothing()
-            .cte("counted")
+    counted = (
+        pg_insert(_tables["usage"])
+        .from_select(
+            ["job_id", *_USAGE_COLUMNS],
+            select(
+                done.c.id,
+                done.c.usage_model,
+                *(done.c[name] for name in _USAGE_COLUMNS[1:]),
+            ).where(done.c.has_usage),
         )
-    return select(func.count()).select_from(done).add_cte(*parts)
+        .on_conflict_do_nothing()
+        .cte("counted")
+    )
+    return select(done.c.id).add_cte(closed, announced, counted)
 
 
-_RECORD_SUCCESS = {True: _build_record_success(True), False: _build_record_success(False)}
+_RECORD_SUCCESSES = _build_record_successes()
+
+
+@dataclass(frozen=True)
+class Success:
+    """A call that answered 2xx with a body we could read, ready to store."""
+
+    claim: ClaimedJob
+    status_code: int
+    result: dict[str, Any]
+    parsed: ParsedResult
+    first_token_s: float | None = None
+    tokens_per_s: float | None = None
+
+
+def _success_row(success: Success) -> dict[str, Any]:
+    claim, parsed, usage = success.claim, success.parsed, success.parsed.usage
+    row: dict[str, Any] = {
+        "job_id": claim.id,
+        "attempt": claim.attempt,
+        "result": success.result,
+        "output_text": parsed.output_text,
+        "status_code": success.status_code,
+        "first_token_s": success.first_token_s,
+        "tokens_per_s": success.tokens_per_s,
+        "event_id": uuid.uuid4(),
+        "has_usage": usage is not None,
+    }
+    if usage is not None:
+        row["usage_model"] = usage.model
+        row |= {name: getattr(usage, name) for name in _USAGE_COLUMNS[1:]}
+    return row
 
 
 def record_success(
@@ -414,46 +488,46 @@ def record_success(
     first_token_s: float | None = None,
     tokens_per_s: float | None = None,
 ) -> bool:
-    """Store the body, text, tool calls and usage, close the attempt with its timing, make the
-    webhook event, and mark the job succeeded; False if the attempt was no longer ours (it was
-    reaped), in which case nothing is written.
+    """Store one success (see `record_successes`); False if the attempt was no longer ours."""
+    success = Success(claim, status_code, result, parsed, first_token_s, tokens_per_s)
+    return bool(record_successes(session, worker_id, [success]))
 
-    One statement (tool calls aside): every part hangs off the guarded job update, so either
-    all of it is written or none, in one round trip."""
-    params: dict[str, Any] = {
-        "b_job_id": claim.id,
-        "b_worker_id": worker_id,
-        "b_attempt": claim.attempt,
-        "b_result": result,
-        "b_output_text": parsed.output_text,
-        "b_status_code": status_code,
-        "b_first_token_s": first_token_s,
-        "b_tokens_per_s": tokens_per_s,
-        "b_event_id": uuid.uuid4(),
-    }
-    if parsed.usage is not None:
-        params |= {f"b_{name}": getattr(parsed.usage, name) for name in _USAGE_COLUMNS}
+
+def record_successes(
+    session: Session, worker_id: str, successes: Sequence[Success]
+) -> set[uuid.UUID]:
+    """Store each body, text, tool calls and usage, close each attempt with its timing, make
+    the webhook events, and mark the jobs succeeded; returns the ids stored. A job whose
+    attempt was no longer ours (it was reaped) is left out, and nothing of it is written.
+
+    One statement for the whole batch (tool calls aside): every part hangs off the guarded
+    job update, so for each job either all of it is written or none, in one round trip."""
+    if not successes:
+        return set()
     connection = session.connection()
-    statement = _RECORD_SUCCESS[parsed.usage is not None]
-    if not connection.execute(statement, params).scalar_one():
-        return False
-    if parsed.tool_calls:
+    batch = [_success_row(success) for success in successes]
+    stored = set(
         connection.execute(
-            pg_insert(_tables["tool_call"]).on_conflict_do_nothing(),
-            [
-                {
-                    "job_id": claim.id,
-                    "position": position,
-                    "call_id": call.call_id,
-                    "type": call.type,
-                    "name": call.name,
-                    "arguments": call.arguments,
-                    "arguments_raw": call.arguments_raw,
-                }
-                for position, call in enumerate(parsed.tool_calls)
-            ],
-        )
-    return True
+            _RECORD_SUCCESSES, {"b_batch": batch, "b_worker_id": worker_id}
+        ).scalars()
+    )
+    tool_calls = [
+        {
+            "job_id": success.claim.id,
+            "position": position,
+            "call_id": call.call_id,
+            "type": call.type,
+            "name": call.name,
+            "arguments": call.arguments,
+            "arguments_raw": call.arguments_raw,
+        }
+        for success in successes
+        if success.claim.id in stored
+        for position, call in enumerate(success.parsed.tool_calls)
+    ]
+    if tool_calls:
+        connection.execute(pg_insert(_tables["tool_call"]).on_conflict_do_nothing(), tool_calls)
+    return stored
 
 
 def warm_statements(session: Session, worker_id: str) -> None:
@@ -463,8 +537,14 @@ def warm_statements(session: Session, worker_id: str) -> None:
     nobody = ClaimedJob(uuid.uuid4(), "chat", "", {}, 0)
     claim_job(session, nobody.id, worker_id, 1.0)
     usage = ParsedUsage(0, 0, 0, 0, 0, None)
-    for parsed in (ParsedResult(None), ParsedResult(None, usage=usage)):
-        record_success(session, nobody, worker_id, 200, {}, parsed)
+    record_successes(
+        session,
+        worker_id,
+        [
+            Success(nobody, 200, {}, ParsedResult(None)),
+            Success(nobody, 200, {}, ParsedResult(None, usage=usage)),
+        ],
+    )
     get_job_record(session, nobody.id)
 
 
