@@ -2,12 +2,14 @@
 
 An LLM job is almost all waiting. With a thread per call, hundreds of threads wake for every
 byte and fight over the GIL, and the process tops out far below what the upstream allows (see
-docs/performance.md). Here Celery's few threads only take messages: each claims its job and
-hands the call over, so hundreds of calls wait on one loop. Recording an answer is blocking
-database work, done on a few threads of its own so the loop never waits on Postgres, and tried
-again while Postgres is briefly unreachable rather than paying for the call twice. Streamed
-calls run whole on a thread each, because their relay publishes every chunk with a blocking
-Redis client.
+docs/performance.md). Here Celery's few threads only take messages: each has its job claimed
+and hands the call over, so hundreds of calls wait on one loop. Claims and records are blocking
+database work, done in batches on a few threads of their own (`Batcher`): the claims that queue
+while a claim runs are made in one statement, the answers that arrive while a record runs are
+stored in one transaction, so the round trips per job fall as the load grows, and the loop never
+waits on Postgres. A record is tried again while Postgres is briefly unreachable rather than
+paying for the call twice. Streamed calls run whole on a thread each, because their relay
+publishes every chunk with a blocking Redis client.
 
 A job handed over is acknowledged at once: from then on its lease in Postgres is what keeps it
 (renewed while it runs, taken back by the reaper if this process dies), as for any running job.
@@ -22,17 +24,22 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import uvloop
-from sqlalchemy.exc import DisconnectionError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from api_contracts.messages import JobMessage
+from worker.batcher import Batcher, BatcherClosedError
+from worker.db import DATABASE_UNREACHABLE
 from worker.jobs import JobRunner, StartedJob
 from worker.llm_client import AsyncLLMClient, UpstreamReply, UpstreamTransportError
 
 log = logging.getLogger(__name__)
 
-# Postgres down, a connection cut, or the pool exhausted while Postgres hangs: worth waiting out.
-_DATABASE_UNREACHABLE = (OperationalError, DisconnectionError, PoolTimeoutError)
+Reply = UpstreamReply | UpstreamTransportError
+
+# Two lanes each: one batch runs while the next gathers. More lanes make smaller batches, and
+# one slow statement would still not hold everything up.
+_LANES = 2
+# Records per transaction at most: a bigger batch is one long statement holding its rows' locks.
+_MAX_RECORDS = 64
 
 
 class CallLoop:
@@ -44,7 +51,7 @@ class CallLoop:
         runner: JobRunner,
         make_client: Callable[[], AsyncLLMClient],
         capacity: int,
-        record_threads: int,
+        max_claims: int,
     ) -> None:
         self._runner = runner
         self._make_client = make_client
@@ -59,7 +66,12 @@ class CallLoop:
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: AsyncLLMClient | None = None
-        self._recorders = ThreadPoolExecutor(record_threads, thread_name_prefix="gmiq-record")
+        self._claims: Batcher[JobMessage, StartedJob | None] = Batcher(
+            runner.start_many, _LANES, max_claims, "gmiq-claim"
+        )
+        self._records: Batcher[tuple[StartedJob, Reply], str] = Batcher(
+            runner.finish_many, _LANES, _MAX_RECORDS, "gmiq-record"
+        )
         self._streams = ThreadPoolExecutor(capacity, thread_name_prefix="gmiq-stream")
 
     def start(self) -> None:
@@ -78,7 +90,11 @@ class CallLoop:
             return "refused"
         job: StartedJob | None = None
         try:
-            job = self._runner.start(message)
+            try:
+                job = self._claims.submit(message).result()
+            except BatcherClosedError:  # closing: not claimed, so it goes back to its queue
+                self._release()
+                return "refused"
             if job is None:
                 self._release()
                 return "skipped"
@@ -122,7 +138,8 @@ class CallLoop:
                 self._thread.join(timeout=10)
             if not self._thread.is_alive():
                 self._loop.close()
-            self._recorders.shutdown(wait=False, cancel_futures=True)
+            self._claims.close()
+            self._records.close()
             self._streams.shutdown(wait=False, cancel_futures=True)
 
     async def _stop(self) -> None:
@@ -155,9 +172,7 @@ class CallLoop:
         assert self._client is not None  # opened by start()
         try:
             try:
-                reply: UpstreamReply | UpstreamTransportError = await self._client.post(
-                    job.path, job.body, job.limits
-                )
+                reply: Reply = await self._client.post(job.path, job.body, job.limits)
             except UpstreamTransportError as exc:
                 reply = exc
             log.info("job %s: %s", job.claim.id, await self._finish(job, reply))
@@ -169,7 +184,7 @@ class CallLoop:
             self._runner.end(job)
             self._release()
 
-    async def _finish(self, job: StartedJob, reply: UpstreamReply | UpstreamTransportError) -> str:
+    async def _finish(self, job: StartedJob, reply: Reply) -> str:
         """Record the answer. While Postgres is unreachable, try again with backoff for up to
         the lease (which the heartbeat renews once Postgres is back): calling the upstream
         again would pay for the answer twice."""
@@ -177,10 +192,8 @@ class CallLoop:
         give_up_at = self._loop.time() + self._runner.lease_s
         while True:
             try:
-                return await self._loop.run_in_executor(
-                    self._recorders, self._runner.finish, job, reply
-                )
-            except _DATABASE_UNREACHABLE as exc:
+                return await asyncio.wrap_future(self._records.submit((job, reply)))
+            except DATABASE_UNREACHABLE as exc:
                 if self._loop.time() + delay_s > give_up_at:
                     raise
                 log.warning(

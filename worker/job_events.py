@@ -92,27 +92,33 @@ class JobEventPublisher:
 
     def publish(self, job_id: uuid.UUID, events: Sequence[NamedEvent]) -> None:
         """Append the events in order; Redis errors are logged, never raised."""
-        if not events or self._clock() < self._paused_until:
+        self.publish_many([(job_id, events)])
+
+    def publish_many(self, batches: Sequence[tuple[uuid.UUID, Sequence[NamedEvent]]]) -> None:
+        """`publish` for several jobs in one round trip."""
+        batches = [(job_id, events) for job_id, events in batches if events]
+        if not batches or self._clock() < self._paused_until:
             return
-        key = events_key(self._prefix, job_id)
         try:
             pipe = self._client.pipeline(transaction=False)
-            for name, body in events:
-                pipe.xadd(
-                    key,
-                    {"type": name, "data": body.model_dump_json()},
-                    maxlen=self._maxlen,
-                    approximate=True,
-                )
-            pipe.expire(key, self._ttl_s)
+            for job_id, events in batches:
+                key = events_key(self._prefix, job_id)
+                for name, body in events:
+                    pipe.xadd(
+                        key,
+                        {"type": name, "data": body.model_dump_json()},
+                        maxlen=self._maxlen,
+                        approximate=True,
+                    )
+                pipe.expire(key, self._ttl_s)
             pipe.execute()
         except (redis.RedisError, OSError) as exc:
             self._paused_until = self._clock() + self._pause_s
             log.warning(
-                "job events not published for %gs: %s (job %s)",
+                "job events not published for %gs: %s (jobs %s)",
                 self._pause_s,
                 type(exc).__name__,
-                job_id,
+                ", ".join(str(job_id) for job_id, _ in batches[:3]),
             )
 
     def ping(self) -> None:

@@ -8,10 +8,10 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,7 +20,7 @@ from api_contracts.events import FINAL_EVENT, JobStateEvent
 from api_contracts.jobs import TERMINAL_STATUSES, ErrorInfo
 from api_contracts.messages import JobMessage
 from worker import repository
-from worker.db import unit_of_work
+from worker.db import DATABASE_UNREACHABLE, unit_of_work
 from worker.job_events import JobEventPublisher, NamedEvent, state_event, update_event
 from worker.llm_client import LLMClient, UpstreamReply, UpstreamTransportError
 from worker.payloads import (
@@ -43,6 +43,8 @@ from worker.stream_parsing import (
 from worker.timeouts import CallLimits, call_limits, deadline_error, retry_outlives_deadline
 
 log = logging.getLogger(__name__)
+
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
@@ -124,14 +126,43 @@ class JobRunner:
     def start(self, message: JobMessage) -> StartedJob | None:
         """Claim the job and build its upstream call; None for a duplicate. The job is in
         flight (its lease renewed) until `end`."""
-        claim = self._claim(message)
-        if claim is None:
-            return None
+        return _one(self.start_many([message]))
+
+    def start_many(self, messages: Sequence[JobMessage]) -> list[StartedJob | Exception | None]:
+        """`start` for each message, the claims in one statement and the "running" events in
+        one round trip; per message, an exception is that message's alone."""
+        with unit_of_work(self.sessions, single_statement=True) as session:
+            claimed = {
+                claim.id: claim
+                for claim in repository.claim_jobs(
+                    session, [m.job_id for m in messages], self.worker_id, self.lease_s
+                )
+            }
+        started: list[StartedJob | Exception | None] = []
+        for message in messages:
+            # Not claimed by the batch (or claimed for an earlier copy of the same message):
+            # a duplicate, or a Redis-only producer's job that has no row yet.
+            claim = claimed.pop(message.job_id, None)
+            try:
+                if claim is None:
+                    claim = self._claim(message)
+                started.append(None if claim is None else self._prepare(claim))
+            except Exception as exc:
+                started.append(exc)
+        running = [
+            (
+                job.claim.id,
+                [state_event(JobStateEvent(status="running", attempt=job.claim.attempt))],
+            )
+            for job in started
+            if isinstance(job, StartedJob)
+        ]
+        self._publish_many(running)
+        return started
+
+    def _prepare(self, claim: repository.ClaimedJob) -> StartedJob:
         self.in_flight.add(claim.id)
         try:
-            self._publish(
-                claim.id, [state_event(JobStateEvent(status="running", attempt=claim.attempt))]
-            )
             path, body = build_upstream_request(claim.kind, claim.request, claim.model)  # type: ignore[arg-type]
             return StartedJob(
                 claim=claim,
@@ -148,9 +179,40 @@ class JobRunner:
     def finish(self, job: StartedJob, reply: UpstreamReply | UpstreamTransportError) -> str:
         """Record a plain call's answer (or its transport failure) and announce the outcome.
         Safe to repeat after a database error: the record is one guarded transaction."""
-        outcome = self._record(job.claim, reply, expires=job.expires)
-        self._announce(job.claim, outcome)
-        return outcome
+        return _one(self.finish_many([(job, reply)]))
+
+    def finish_many(
+        self, finished: Sequence[tuple[StartedJob, UpstreamReply | UpstreamTransportError]]
+    ) -> list[str | Exception]:
+        """`finish` for each call: the successes in one transaction and their events in one
+        round trip, the rest one by one. Per call, an exception is that call's alone, except
+        that Postgres being unreachable while the successes are stored fails them all (none
+        was stored, and all are worth trying again)."""
+        reads = [_read_success(job.claim, reply) for job, reply in finished]
+        successes = [read for read in reads if isinstance(read, repository.Success)]
+        stored = self._store_successes(successes) if successes else {}
+        outcomes: list[str | Exception] = []
+        for (job, reply), read in zip(finished, reads, strict=True):
+            try:
+                if isinstance(read, repository.Success):
+                    outcome = stored[job.claim.id]
+                    if isinstance(outcome, Exception):
+                        raise outcome
+                else:
+                    outcome = self._record_failure(job.claim, reply, read, None, job.expires)
+                    self._announce(job.claim, outcome)
+            except Exception as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(outcome)
+        self._publish_many(
+            [
+                (job.claim.id, _succeeded_events(job.claim.attempt))
+                for (job, _), outcome in zip(finished, outcomes, strict=True)
+                if outcome == "succeeded"
+            ]
+        )
+        return outcomes
 
     def run_streamed(self, job: StartedJob) -> str:
         """Stream the call on this thread, publishing deltas, then record and announce."""
@@ -206,11 +268,16 @@ class JobRunner:
         except MalformedResponseError as exc:
             return self._fail(claim, _error("malformed_response", str(exc), reply.status_code))
         timing = relay.timing(started, finished, _output_tokens(parsed))
-        return self._store_success(claim, reply.status_code, result, parsed, timing)
+        return self._store_success(
+            repository.Success(claim, reply.status_code, result, parsed, *_speed(timing))
+        )
 
     def _publish(self, job_id: uuid.UUID, events: list[NamedEvent]) -> None:
-        if self.events is not None:
-            self.events.publish(job_id, events)
+        self._publish_many([(job_id, events)])
+
+    def _publish_many(self, batches: Sequence[tuple[uuid.UUID, Sequence[NamedEvent]]]) -> None:
+        if self.events is not None and batches:
+            self.events.publish_many(batches)
 
     def _announce(self, claim: repository.ClaimedJob, outcome: str) -> None:
         """Tell followers where the job now stands; a terminal state adds the final event,
@@ -218,8 +285,7 @@ class JobRunner:
         if self.events is None or outcome not in ("succeeded", "failed", "retrying", "cancelled"):
             return
         if outcome == "succeeded":  # the common case needs no read
-            done = JobStateEvent(status="succeeded", attempt=claim.attempt)
-            self.events.publish(claim.id, [state_event(done), (FINAL_EVENT, done)])
+            self.events.publish(claim.id, _succeeded_events(claim.attempt))
             return
         try:
             with self.sessions() as session:
@@ -258,41 +324,60 @@ class JobRunner:
         timing: AttemptTiming | None = None,
         expires: float | None = None,
     ) -> str:
-        if (
-            isinstance(reply, UpstreamReply)
-            and classify_status(reply.status_code, reply.headers) == "succeeded"
-        ):
-            try:
-                result, parsed = parse_success(claim.kind, reply.content)  # type: ignore[arg-type]
-            except MalformedResponseError as exc:
-                error = _error("malformed_response", str(exc), reply.status_code)
-                return self._fail(claim, error)
-            # The whole answer came at once: no first token to time, a rate over the call.
-            timing = measure_attempt(0.0, None, reply.elapsed_s, _output_tokens(parsed))
-            return self._store_success(claim, reply.status_code, result, parsed, timing)
+        read = _read_success(claim, reply)
+        if isinstance(read, repository.Success):
+            return self._store_success(read)
+        return self._record_failure(claim, reply, read, timing, expires)
+
+    def _record_failure(
+        self,
+        claim: repository.ClaimedJob,
+        reply: UpstreamReply | UpstreamTransportError,
+        malformed: MalformedResponseError | None,
+        timing: AttemptTiming | None,
+        expires: float | None,
+    ) -> str:
+        """An answer that is no success: a malformed 2xx fails, the rest by the policy."""
+        if malformed is not None:
+            assert isinstance(reply, UpstreamReply)  # only a 2xx body can be malformed
+            return self._fail(
+                claim, _error("malformed_response", str(malformed), reply.status_code)
+            )
         error, retryable, retry_after = _describe_failure(reply)
         return self._retry_or_fail(claim, error, retryable, retry_after, timing, expires)
 
-    def _store_success(
-        self,
-        claim: repository.ClaimedJob,
-        status_code: int,
-        result: dict[str, Any],
-        parsed: ParsedResult,
-        timing: AttemptTiming,
-    ) -> str:
-        # Without tool calls the record is one statement (see `record_success`).
-        with unit_of_work(self.sessions, single_statement=not parsed.tool_calls) as session:
-            stored = repository.record_success(
-                session,
-                claim,
-                self.worker_id,
-                status_code,
-                result,
-                parsed,
-                *_speed(timing),
-            )
-        return "succeeded" if stored else "superseded"
+    def _store_success(self, success: repository.Success) -> str:
+        outcome = self._store_successes([success])[success.claim.id]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def _store_successes(
+        self, successes: list[repository.Success]
+    ) -> dict[uuid.UUID, str | Exception]:
+        """Store the successes in one transaction: `succeeded`, or `superseded` for an attempt
+        no longer ours. If the batch fails for anything but an unreachable database, each is
+        stored alone, so one bad answer costs only its own job."""
+        try:
+            stored = self._write_successes(successes)
+        except DATABASE_UNREACHABLE:
+            raise
+        except SQLAlchemyError as exc:
+            if len(successes) == 1:
+                return {successes[0].claim.id: exc}
+            outcomes: dict[uuid.UUID, str | Exception] = {}
+            for success in successes:
+                outcomes |= self._store_successes([success])
+            return outcomes
+        return {
+            s.claim.id: "succeeded" if s.claim.id in stored else "superseded" for s in successes
+        }
+
+    def _write_successes(self, successes: list[repository.Success]) -> set[uuid.UUID]:
+        # Without tool calls the batch is one statement (see `record_successes`).
+        single = not any(success.parsed.tool_calls for success in successes)
+        with unit_of_work(self.sessions, single_statement=single) as session:
+            return repository.record_successes(session, self.worker_id, successes)
 
     def _retry_or_fail(
         self,
@@ -375,6 +460,37 @@ class _StreamRelay:
 
     def timing(self, started: float, finished: float, output_tokens: int | None) -> AttemptTiming:
         return measure_attempt(started, self.first_token_at, finished, output_tokens)
+
+
+def _one(results: list[Result | Exception]) -> Result:
+    """The one result of a batch of one, raised if it is an exception."""
+    (result,) = results
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def _succeeded_events(attempt: int) -> list[NamedEvent]:
+    done = JobStateEvent(status="succeeded", attempt=attempt)
+    return [state_event(done), (FINAL_EVENT, done)]
+
+
+def _read_success(
+    claim: repository.ClaimedJob, reply: UpstreamReply | UpstreamTransportError
+) -> repository.Success | MalformedResponseError | None:
+    """The success to store; the reason a 2xx body is unreadable; or None: no success."""
+    if (
+        not isinstance(reply, UpstreamReply)
+        or classify_status(reply.status_code, reply.headers) != "succeeded"
+    ):
+        return None
+    try:
+        result, parsed = parse_success(claim.kind, reply.content)  # type: ignore[arg-type]
+    except MalformedResponseError as exc:
+        return exc
+    # The whole answer came at once: no first token to time, a rate over the call.
+    timing = measure_attempt(0.0, None, reply.elapsed_s, _output_tokens(parsed))
+    return repository.Success(claim, reply.status_code, result, parsed, *_speed(timing))
 
 
 def _output_tokens(parsed: ParsedResult) -> int | None:

@@ -163,7 +163,8 @@ def build_runtime(settings: Settings, app: Celery, concurrency: int) -> WorkerRu
         runner,
         make_async_client,
         capacity=concurrency,
-        record_threads=min(settings.db_pool_size, concurrency),
+        # Every taker may be waiting on the same claim.
+        max_claims=settings.claim_threads,
     )
     maintenance = Maintenance(
         sessions=sessions,
