@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 
 Reply = UpstreamReply | UpstreamTransportError
 
-# Two lanes each: one batch runs while the next gathers. More lanes make smaller batches, and
-# one slow statement would still not hold everything up.
+# Two lanes each: a batch can start while another waits on Postgres, so one slow statement does
+# not hold up the rest; more lanes would only make the batches smaller.
 _LANES = 2
 # Records per transaction at most: a bigger batch is one long statement holding its rows' locks.
 _MAX_RECORDS = 64
