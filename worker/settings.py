@@ -49,9 +49,11 @@ class Settings(BaseSettings):
     # Jobs in flight per worker process (plain calls wait on its event loop, streamed ones on
     # threads).
     worker_concurrency: int = 200
-    # Celery threads per worker process that take job messages and claim their jobs; they hand
-    # each call over, so a few keep hundreds in flight.
-    claim_threads: int = 8
+    # Celery threads per worker process that take job messages and have their jobs claimed;
+    # they hand each call over, so a few keep hundreds in flight. When many calls end at once,
+    # this many refill the slots together (their claims share one statement): 8 refilled too
+    # slowly to keep 200 in flight, 64 added contention (docs/performance.md).
+    claim_threads: int = 16
     max_attempts: int = 5
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 60.0
