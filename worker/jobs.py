@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -43,8 +43,6 @@ from worker.stream_parsing import (
 from worker.timeouts import CallLimits, call_limits, deadline_error, retry_outlives_deadline
 
 log = logging.getLogger(__name__)
-
-Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
@@ -123,14 +121,11 @@ class JobRunner:
     events: JobEventPublisher | None = None
     clock: Callable[[], float] = time.monotonic
 
-    def start(self, message: JobMessage) -> StartedJob | None:
-        """Claim the job and build its upstream call; None for a duplicate. The job is in
-        flight (its lease renewed) until `end`."""
-        return _one(self.start_many([message]))
-
     def start_many(self, messages: Sequence[JobMessage]) -> list[StartedJob | Exception | None]:
-        """`start` for each message, the claims in one statement and the "running" events in
-        one round trip; per message, an exception is that message's alone."""
+        """Claim each message's job and build its upstream call (None for a duplicate); the
+        claims in one statement, the "running" events in one round trip. Per message, an
+        exception is that message's alone. A job started is in flight (its lease renewed)
+        until `end`."""
         with unit_of_work(self.sessions, single_statement=True) as session:
             claimed = {
                 claim.id: claim
@@ -176,18 +171,15 @@ class JobRunner:
             self.in_flight.discard(claim.id)
             raise
 
-    def finish(self, job: StartedJob, reply: UpstreamReply | UpstreamTransportError) -> str:
-        """Record a plain call's answer (or its transport failure) and announce the outcome.
-        Safe to repeat after a database error: the record is one guarded transaction."""
-        return _one(self.finish_many([(job, reply)]))
-
     def finish_many(
         self, finished: Sequence[tuple[StartedJob, UpstreamReply | UpstreamTransportError]]
     ) -> list[str | Exception]:
-        """`finish` for each call: the successes in one transaction and their events in one
-        round trip, the rest one by one. Per call, an exception is that call's alone, except
-        that Postgres being unreachable while the successes are stored fails them all (none
-        was stored, and all are worth trying again)."""
+        """Record each plain call's answer (or its transport failure) and announce the outcome:
+        the successes in one transaction and their events in one round trip, the rest one by
+        one. Safe to repeat after a database error: each record is guarded. Per call, an
+        exception is that call's alone, except that Postgres being unreachable while the
+        successes are stored fails them all (none was stored, and all are worth trying
+        again)."""
         reads = [_read_success(job.claim, reply) for job, reply in finished]
         successes = [read for read in reads if isinstance(read, repository.Success)]
         stored = self._store_successes(successes) if successes else {}
@@ -460,14 +452,6 @@ class _StreamRelay:
 
     def timing(self, started: float, finished: float, output_tokens: int | None) -> AttemptTiming:
         return measure_attempt(started, self.first_token_at, finished, output_tokens)
-
-
-def _one(results: list[Result | Exception]) -> Result:
-    """The one result of a batch of one, raised if it is an exception."""
-    (result,) = results
-    if isinstance(result, Exception):
-        raise result
-    return result
 
 
 def _succeeded_events(attempt: int) -> list[NamedEvent]:
