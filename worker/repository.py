@@ -478,6 +478,10 @@ def _success_row(success: Success) -> dict[str, Any]:
     return row
 
 
+def _job_id(success: Success) -> uuid.UUID:
+    return success.claim.id
+
+
 def record_success(
     session: Session,
     claim: ClaimedJob,
@@ -505,7 +509,11 @@ def record_successes(
     if not successes:
         return set()
     connection = session.connection()
-    batch = [_success_row(success) for success in successes]
+    # Rows in id order, so that statements locking the same jobs through the primary key take
+    # them in the same order. Should a batch and another statement (the heartbeat's) still wait
+    # on each other, Postgres fails one of them as a deadlock; a record that fails so is tried
+    # again, like any record that meets an OperationalError.
+    batch = [_success_row(success) for success in sorted(successes, key=_job_id)]
     stored = set(
         connection.execute(
             _RECORD_SUCCESSES, {"b_batch": batch, "b_worker_id": worker_id}
