@@ -70,15 +70,23 @@ class Batcher(Generic[Item, Outcome]):
             self._pending.clear()
             self._changed.notify_all()
         for _, future in dropped:
-            future.set_exception(BatcherClosedError("closed"))
+            # A caller may have cancelled it (an asyncio task wrapping it was cancelled).
+            if future.set_running_or_notify_cancel():
+                future.set_exception(BatcherClosedError("closed"))
 
     def _take(self) -> list[tuple[Item, Future[Outcome]]] | None:
-        with self._changed:
-            self._changed.wait_for(lambda: self._closed or bool(self._pending))
-            if self._closed:
-                return None
-            count = min(len(self._pending), self._max_batch)
-            return [self._pending.popleft() for _ in range(count)]
+        """The next batch, without the items their callers cancelled; None once closed."""
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._closed or bool(self._pending))
+                if self._closed:
+                    return None
+                count = min(len(self._pending), self._max_batch)
+                taken = [self._pending.popleft() for _ in range(count)]
+            # Running from here on: a future can no longer be cancelled under the lane.
+            batch = [(item, f) for item, f in taken if f.set_running_or_notify_cancel()]
+            if batch:
+                return batch
 
     def _lane(self) -> None:
         while (batch := self._take()) is not None:

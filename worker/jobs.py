@@ -180,23 +180,31 @@ class JobRunner:
         exception is that call's alone, except that Postgres being unreachable while the
         successes are stored fails them all (none was stored, and all are worth trying
         again)."""
-        reads = [_read_success(job.claim, reply) for job, reply in finished]
-        successes = [read for read in reads if isinstance(read, repository.Success)]
-        stored = self._store_successes(successes) if successes else {}
-        outcomes: list[str | Exception] = []
-        for (job, reply), read in zip(finished, reads, strict=True):
+        outcomes: list[str | Exception] = [RuntimeError("not recorded")] * len(finished)
+        successes: list[tuple[int, repository.Success]] = []
+        failures: list[tuple[int, MalformedResponseError | None]] = []
+        for n, (job, reply) in enumerate(finished):
             try:
-                if isinstance(read, repository.Success):
-                    outcome = stored[job.claim.id]
-                    if isinstance(outcome, Exception):
-                        raise outcome
-                else:
-                    outcome = self._record_failure(job.claim, reply, read, None, job.expires)
-                    self._announce(job.claim, outcome)
-            except Exception as exc:
-                outcomes.append(exc)
+                read = _read_success(job.claim, reply)
+            except Exception as exc:  # a body the parser trips on: that job's alone
+                outcomes[n] = exc
+                continue
+            if isinstance(read, repository.Success):
+                successes.append((n, read))
             else:
-                outcomes.append(outcome)
+                failures.append((n, read))
+        stored = self._store_successes([success for _, success in successes])
+        for (n, _), outcome in zip(successes, stored, strict=True):
+            outcomes[n] = outcome
+        for n, malformed in failures:
+            job, reply = finished[n]
+            try:
+                outcome = self._record_failure(job.claim, reply, malformed, None, job.expires)
+                self._announce(job.claim, outcome)
+            except Exception as exc:
+                outcomes[n] = exc
+            else:
+                outcomes[n] = outcome
         self._publish_many(
             [
                 (job.claim.id, _succeeded_events(job.claim.attempt))
@@ -268,8 +276,12 @@ class JobRunner:
         self._publish_many([(job_id, events)])
 
     def _publish_many(self, batches: Sequence[tuple[uuid.UUID, Sequence[NamedEvent]]]) -> None:
-        if self.events is not None and batches:
+        if self.events is None or not batches:
+            return
+        try:
             self.events.publish_many(batches)
+        except Exception:  # live events are a convenience: never a reason to lose a job
+            log.exception("job events of %d jobs not published", len(batches))
 
     def _announce(self, claim: repository.ClaimedJob, outcome: str) -> None:
         """Tell followers where the job now stands; a terminal state adds the final event,
@@ -339,33 +351,37 @@ class JobRunner:
         return self._retry_or_fail(claim, error, retryable, retry_after, timing, expires)
 
     def _store_success(self, success: repository.Success) -> str:
-        outcome = self._store_successes([success])[success.claim.id]
+        (outcome,) = self._store_successes([success])
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
 
-    def _store_successes(
-        self, successes: list[repository.Success]
-    ) -> dict[uuid.UUID, str | Exception]:
-        """Store the successes in one transaction: `succeeded`, or `superseded` for an attempt
-        no longer ours. If the batch fails for anything but an unreachable database, each is
-        stored alone, so one bad answer costs only its own job."""
+    def _store_successes(self, successes: list[repository.Success]) -> list[str | Exception]:
+        """Store the successes in one transaction: each `succeeded`, or `superseded` for an
+        attempt no longer ours. If the batch fails for anything but an unreachable database,
+        each is stored alone, so one bad answer costs only its own job."""
+        if not successes:
+            return []
         try:
             stored = self._write_successes(successes)
         except DATABASE_UNREACHABLE:
             raise
         except SQLAlchemyError as exc:
             if len(successes) == 1:
-                return {successes[0].claim.id: exc}
-            outcomes: dict[uuid.UUID, str | Exception] = {}
-            for success in successes:
-                outcomes |= self._store_successes([success])
-            return outcomes
-        return {
-            s.claim.id: "succeeded" if s.claim.id in stored else "superseded" for s in successes
-        }
+                return [exc]
+            return [self._store_alone(success) for success in successes]
+        return [
+            "succeeded" if (s.claim.id, s.claim.attempt) in stored else "superseded"
+            for s in successes
+        ]
 
-    def _write_successes(self, successes: list[repository.Success]) -> set[uuid.UUID]:
+    def _store_alone(self, success: repository.Success) -> str | Exception:
+        try:
+            return self._store_successes([success])[0]
+        except DATABASE_UNREACHABLE as exc:  # tried again for this job alone
+            return exc
+
+    def _write_successes(self, successes: list[repository.Success]) -> set[tuple[uuid.UUID, int]]:
         # Without tool calls the batch is one statement (see `record_successes`).
         single = not any(success.parsed.tool_calls for success in successes)
         with unit_of_work(self.sessions, single_statement=single) as session:

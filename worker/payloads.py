@@ -234,7 +234,12 @@ def parse_success(kind: JobKind, content: bytes) -> tuple[dict[str, Any], Parsed
         body = orjson.loads(content)
     except orjson.JSONDecodeError as exc:
         raise MalformedResponseError(f"body is not JSON: {exc}") from exc
-    parsed = parse_chat_completion(body) if kind == "chat" else parse_response(body)
+    try:
+        parsed = parse_chat_completion(body) if kind == "chat" else parse_response(body)
+    except (TypeError, AttributeError, KeyError, IndexError) as exc:
+        # A field of the wrong type deep in the body (`"tool_calls": 5`): still the upstream's
+        # malformed answer, to fail the job with, not a bug to lose the answer to.
+        raise MalformedResponseError(f"unexpected shape: {type(exc).__name__}: {exc}") from exc
     return body, parsed
 
 

@@ -441,7 +441,7 @@ def _build_record_successes() -> Any:
         .on_conflict_do_nothing()
         .cte("counted")
     )
-    return select(done.c.id).add_cte(closed, announced, counted)
+    return select(done.c.id, done.c.attempt).add_cte(closed, announced, counted)
 
 
 _RECORD_SUCCESSES = _build_record_successes()
@@ -478,10 +478,6 @@ def _success_row(success: Success) -> dict[str, Any]:
     return row
 
 
-def _job_id(success: Success) -> uuid.UUID:
-    return success.claim.id
-
-
 def record_success(
     session: Session,
     claim: ClaimedJob,
@@ -499,26 +495,24 @@ def record_success(
 
 def record_successes(
     session: Session, worker_id: str, successes: Sequence[Success]
-) -> set[uuid.UUID]:
+) -> set[tuple[uuid.UUID, int]]:
     """Store each body, text, tool calls and usage, close each attempt with its timing, make
-    the webhook events, and mark the jobs succeeded; returns the ids stored. A job whose
-    attempt was no longer ours (it was reaped) is left out, and nothing of it is written.
+    the webhook events, and mark the jobs succeeded; returns the (job id, attempt) of those
+    stored. An attempt no longer ours (reaped, or superseded by a later attempt of the same
+    job in the same batch) is left out, and nothing of it is written.
 
     One statement for the whole batch (tool calls aside): every part hangs off the guarded
-    job update, so for each job either all of it is written or none, in one round trip."""
+    job update, so for each job either all of it is written or none, in one round trip.
+    A batch locks several job rows, in the order the plan visits them; so does the
+    heartbeat's lease renewal. Should the two wait on each other, Postgres fails one as a
+    deadlock (`OperationalError`): a record is then tried again, and the heartbeat renews on
+    its next tick."""
     if not successes:
         return set()
     connection = session.connection()
-    # Rows in id order, so that statements locking the same jobs through the primary key take
-    # them in the same order. Should a batch and another statement (the heartbeat's) still wait
-    # on each other, Postgres fails one of them as a deadlock; a record that fails so is tried
-    # again, like any record that meets an OperationalError.
-    batch = [_success_row(success) for success in sorted(successes, key=_job_id)]
-    stored = set(
-        connection.execute(
-            _RECORD_SUCCESSES, {"b_batch": batch, "b_worker_id": worker_id}
-        ).scalars()
-    )
+    batch = [_success_row(success) for success in successes]
+    rows = connection.execute(_RECORD_SUCCESSES, {"b_batch": batch, "b_worker_id": worker_id})
+    stored = {(row.id, row.attempt) for row in rows}
     tool_calls = [
         {
             "job_id": success.claim.id,
@@ -530,7 +524,7 @@ def record_successes(
             "arguments_raw": call.arguments_raw,
         }
         for success in successes
-        if success.claim.id in stored
+        if (success.claim.id, success.claim.attempt) in stored
         for position, call in enumerate(success.parsed.tool_calls)
     ]
     if tool_calls:

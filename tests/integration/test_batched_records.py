@@ -181,3 +181,47 @@ def test_one_answer_postgres_refuses_costs_only_its_own_job(
     succeeded = "id = ANY(:ids) AND status = 'succeeded'"
     assert count_rows(engine, "job", succeeded, ids=[jobs[0].claim.id, jobs[2].claim.id]) == 2
     assert count_rows(engine, "job", "id = :id AND status = 'running'", id=jobs[1].claim.id) == 1
+
+
+def test_a_malformed_answer_fails_its_own_job_and_the_rest_of_the_batch_is_stored(
+    runtime: WorkerRuntime, engine: Engine
+) -> None:
+    producer = Producer(runtime)
+    jobs = started(runtime.runner, [producer.submit() for _ in range(3)])
+    # A field of the wrong type deep inside a 2xx body.
+    odd = b'{"choices": [{"message": {"content": null, "tool_calls": 5}}]}'
+    malformed = UpstreamReply(200, {"content-type": "application/json"}, odd, 0.5)
+
+    outcomes = runtime.runner.finish_many(
+        [(jobs[0], answer(jobs[0])), (jobs[1], malformed), (jobs[2], answer(jobs[2]))]
+    )
+
+    assert outcomes == ["succeeded", "failed", "succeeded"]
+    (error,) = select(engine, "SELECT error FROM job WHERE id = :id", id=jobs[1].claim.id)
+    assert error.error["type"] == "malformed_response"
+
+
+def test_two_attempts_of_one_job_in_one_batch_store_only_the_current_one(
+    runtime: WorkerRuntime, engine: Engine
+) -> None:
+    # Attempt 1's record waited out a Postgres outage while the job was taken back and claimed
+    # again by this same process: both answers reach one batch.
+    message = Producer(runtime).submit(tools=True)
+    (first,) = started(runtime.runner, [message])
+    with unit_of_work(runtime.runner.sessions) as session:
+        repository.release_jobs(session, [first.claim.id], runtime.runner.worker_id)
+    (second,) = started(runtime.runner, [message])
+    assert second.claim.attempt == first.claim.attempt + 1
+    stale = answer(first)  # asks for a tool call
+    current = answer(second, content="the current answer")
+    body = orjson.loads(current.content)
+    body["choices"][0]["message"].pop("tool_calls", None)
+    body["choices"][0]["finish_reason"] = "stop"
+    current = UpstreamReply(200, current.headers, orjson.dumps(body), 0.5)
+
+    outcomes = runtime.runner.finish_many([(first, stale), (second, current)])
+
+    assert outcomes == ["superseded", "succeeded"]
+    (row,) = select(engine, "SELECT output_text FROM job WHERE id = :id", id=message.job_id)
+    assert row.output_text == "the current answer"
+    assert count_rows(engine, "tool_call", "job_id = :id", id=message.job_id) == 0

@@ -112,3 +112,28 @@ def test_closing_fails_what_is_still_queued_and_refuses_more() -> None:
         batcher.submit(4).result(WAIT_S)
     gate.opened.set()
     assert running.result(WAIT_S) == 0  # a batch already running finishes
+
+
+def test_an_item_its_caller_cancelled_is_skipped_and_does_not_break_the_lane_or_close() -> None:
+    gate = Gate()
+    batcher = Batcher(gate, lanes=1, max_batch=10, name="test")
+    running = batcher.submit(0)
+    assert gate.entered.wait(WAIT_S)
+    cancelled, kept = batcher.submit(2), batcher.submit(4)
+    assert cancelled.cancel()  # as asyncio.wrap_future does when its task is cancelled
+    gate.opened.set()
+    assert running.result(WAIT_S) == 0
+    assert kept.result(WAIT_S) == 40
+    assert gate.batches == [[0], [4]]
+
+    gate = Gate()
+    batcher2 = Batcher(gate, lanes=1, max_batch=10, name="test")
+    batcher2.submit(0)
+    assert gate.entered.wait(WAIT_S)
+    queued, dropped = batcher2.submit(2), batcher2.submit(4)
+    assert dropped.cancel()
+    batcher2.close()  # must not trip over the cancelled future
+    with pytest.raises(BatcherClosedError):
+        queued.result(WAIT_S)
+    gate.opened.set()
+    batcher.close()

@@ -139,6 +139,9 @@ def test_missing_usage_is_none_and_total_is_derived_when_absent() -> None:
         ("chat", b'{"choices": [{"index": 0}]}'),
         ("response", b'{"object": "response"}'),
         ("response", b"[1, 2]"),
+        # A field of the wrong type deep inside: malformed too, not a crash.
+        ("chat", b'{"choices": [{"message": {"content": null, "tool_calls": 5}}]}'),
+        ("response", b'{"output": [{"type": "message", "content": 1}]}'),
     ],
 )
 def test_malformed_success_bodies_raise(kind: str, content: bytes) -> None:
