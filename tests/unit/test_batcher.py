@@ -4,6 +4,7 @@ the right callers."""
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 
 import pytest
 
@@ -28,12 +29,18 @@ class Gate:
         return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
 
 
-def test_items_queued_while_the_lane_is_busy_run_as_one_batch() -> None:
+def held(max_batch: int) -> tuple[Gate, Batcher[int, int], Future[int]]:
+    """A batcher whose one lane is busy with a first batch, [0], until the gate opens."""
     gate = Gate()
-    batcher = Batcher(gate, lanes=1, max_batch=100, name="test")
+    batcher = Batcher(gate, lanes=1, max_batch=max_batch, name="test")
+    first = batcher.submit(0)
+    assert gate.entered.wait(WAIT_S)
+    return gate, batcher, first
+
+
+def test_items_queued_while_the_lane_is_busy_run_as_one_batch() -> None:
+    gate, batcher, first = held(max_batch=100)
     try:
-        first = batcher.submit(0)
-        assert gate.entered.wait(WAIT_S)
         waiting = [batcher.submit(i) for i in range(2, 12, 2)]
         gate.opened.set()
         assert first.result(WAIT_S) == 0
@@ -44,11 +51,8 @@ def test_items_queued_while_the_lane_is_busy_run_as_one_batch() -> None:
 
 
 def test_a_batch_never_exceeds_max_batch() -> None:
-    gate = Gate()
-    batcher = Batcher(gate, lanes=1, max_batch=2, name="test")
+    gate, batcher, first = held(max_batch=2)
     try:
-        first = batcher.submit(0)
-        assert gate.entered.wait(WAIT_S)
         waiting = [batcher.submit(i) for i in (2, 4, 6, 8, 10)]
         gate.opened.set()
         first.result(WAIT_S)
@@ -100,10 +104,7 @@ def test_a_wrong_number_of_results_fails_the_batch_instead_of_hanging_it() -> No
 
 
 def test_closing_fails_what_is_still_queued_and_refuses_more() -> None:
-    gate = Gate()
-    batcher = Batcher(gate, lanes=1, max_batch=10, name="test")
-    running = batcher.submit(0)
-    assert gate.entered.wait(WAIT_S)
+    gate, batcher, running = held(max_batch=10)
     queued = batcher.submit(2)
     batcher.close()
     with pytest.raises(BatcherClosedError):
@@ -115,10 +116,7 @@ def test_closing_fails_what_is_still_queued_and_refuses_more() -> None:
 
 
 def test_an_item_its_caller_cancelled_is_skipped_and_does_not_break_the_lane_or_close() -> None:
-    gate = Gate()
-    batcher = Batcher(gate, lanes=1, max_batch=10, name="test")
-    running = batcher.submit(0)
-    assert gate.entered.wait(WAIT_S)
+    gate, batcher, running = held(max_batch=10)
     cancelled, kept = batcher.submit(2), batcher.submit(4)
     assert cancelled.cancel()  # as asyncio.wrap_future does when its task is cancelled
     gate.opened.set()
@@ -126,10 +124,7 @@ def test_an_item_its_caller_cancelled_is_skipped_and_does_not_break_the_lane_or_
     assert kept.result(WAIT_S) == 40
     assert gate.batches == [[0], [4]]
 
-    gate = Gate()
-    batcher2 = Batcher(gate, lanes=1, max_batch=10, name="test")
-    batcher2.submit(0)
-    assert gate.entered.wait(WAIT_S)
+    gate, batcher2, _ = held(max_batch=10)
     queued, dropped = batcher2.submit(2), batcher2.submit(4)
     assert dropped.cancel()
     batcher2.close()  # must not trip over the cancelled future
