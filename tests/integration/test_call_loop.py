@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from sqlalchemy import Engine, text
 
 from tests.conftest import ApiServer, WorkerProcess, wait_for
 from tests.integration.test_pipeline import poll_terminal
@@ -127,3 +128,40 @@ def test_sigterm_while_the_loop_is_full_gives_waiting_messages_back(
 
     start_worker(settings, queues="jobs")
     assert poll_terminal(api, second)["status"] == "succeeded"
+
+
+def test_claims_that_wait_together_are_made_in_one_statement(
+    deployment: Callable[..., Settings],
+    start_worker: Callable[..., WorkerProcess],
+    start_api: Callable[[Settings], ApiServer],
+    sim: SimulatorServer,
+    engine: Engine,
+    redis_client: redis.Redis,
+) -> None:
+    settings = deployment()  # 16 takers
+    start_worker(settings, concurrency=40, queues="jobs")
+    api = start_api(settings)
+    queue = f"{broker_key_prefix(settings)}gmiq.normal"
+    with engine.connect() as blocker:
+        # A claim opens an attempt row: while this lock is held, the two claim lanes wait on
+        # it with one claim each, and the other takers' claims queue behind them.
+        blocker.execute(text("LOCK TABLE attempt IN SHARE MODE"))
+        job_ids = _submit_slow_jobs(api, sim, 40, delay_ms=100)
+        wait_for(lambda: redis_client.llen(queue) == 40 - 16, 20, "every taker to hold a message")
+        blocker.rollback()
+    for job_id in job_ids:
+        assert poll_terminal(api, job_id, timeout_s=30)["status"] == "succeeded"
+
+    # Postgres' now() is the time its statement's transaction began: attempts opened by one
+    # claim statement share `started_at`. The 16 held claims took three statements (the two
+    # that waited on the lock, then the 14 queued behind them as one), the other 24 at most
+    # one each. One statement per claim would give 40.
+    with engine.connect() as connection:
+        statements = connection.execute(
+            text(
+                "SELECT count(DISTINCT started_at) FROM attempt"
+                " WHERE job_id = ANY(CAST(:ids AS uuid[]))"
+            ),
+            {"ids": job_ids},
+        ).scalar_one()
+    assert statements <= 3 + 24
