@@ -289,7 +289,7 @@ class JobRunner:
         if self.events is None or outcome not in ("succeeded", "failed", "retrying", "cancelled"):
             return
         if outcome == "succeeded":  # the common case needs no read
-            self.events.publish(claim.id, _succeeded_events(claim.attempt))
+            self._publish(claim.id, _succeeded_events(claim.attempt))
             return
         try:
             with self.sessions() as session:
