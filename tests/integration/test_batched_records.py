@@ -67,6 +67,19 @@ class Producer:
         return self.messages[-1]
 
 
+@pytest.fixture
+def producer(runtime: WorkerRuntime, engine: Engine) -> Iterator[Producer]:
+    """A producer whose jobs are deleted after the test: jobs left queued or running in the
+    shared database would be picked up by later tests' workers (dispatcher, reaper)."""
+    made = Producer(runtime)
+    yield made
+    with engine.begin() as connection:
+        connection.execute(
+            text("DELETE FROM job WHERE id = ANY(:ids)"),
+            {"ids": [message.job_id for message in made.messages]},
+        )
+
+
 def answer(job: StartedJob, content: str | None = None) -> UpstreamReply:
     """The simulator's own answer to the job's request (optionally with other text)."""
     body = build_chat_completion(orjson.loads(job.body), time.time())
@@ -88,9 +101,9 @@ def started(runner: JobRunner, messages: list[JobMessage]) -> list[StartedJob]:
 
 def test_one_claim_statement_claims_only_the_jobs_that_are_ours_to_claim(
     runtime: WorkerRuntime,
+    producer: Producer,
     engine: Engine,
 ) -> None:
-    producer = Producer(runtime)
     queued, taken, cancelled = (producer.submit() for _ in range(3))
     with unit_of_work(runtime.runner.sessions) as session:
         assert repository.claim_job(session, taken.job_id, "another-worker", 60)
@@ -109,8 +122,9 @@ def test_one_claim_statement_claims_only_the_jobs_that_are_ours_to_claim(
 
 def test_a_batch_with_the_same_message_twice_starts_the_job_once(
     runtime: WorkerRuntime,
+    producer: Producer,
 ) -> None:
-    message = Producer(runtime).submit()
+    message = producer.submit()
     first, second = runtime.runner.start_many([message, message])
     assert isinstance(first, StartedJob)
     assert second is None
@@ -118,10 +132,10 @@ def test_a_batch_with_the_same_message_twice_starts_the_job_once(
 
 def test_a_batch_of_answers_stores_each_job_whole_and_skips_one_no_longer_ours(
     runtime: WorkerRuntime,
+    producer: Producer,
     engine: Engine,
     redis_client: redis.Redis,
 ) -> None:
-    producer = Producer(runtime)
     messages = [producer.submit(tools=True), producer.submit(), producer.submit()]
     # Wants a webhook (set directly: submission would check the receiver's address).
     with engine.begin() as connection:
@@ -167,9 +181,9 @@ def test_a_batch_of_answers_stores_each_job_whole_and_skips_one_no_longer_ours(
 
 def test_one_answer_postgres_refuses_costs_only_its_own_job(
     runtime: WorkerRuntime,
+    producer: Producer,
     engine: Engine,
 ) -> None:
-    producer = Producer(runtime)
     jobs = started(runtime.runner, [producer.submit() for _ in range(3)])
     # Postgres' text and jsonb cannot hold NUL: this answer can never be stored.
     replies = [answer(jobs[0]), answer(jobs[1], content="bad \x00 byte"), answer(jobs[2])]
@@ -184,9 +198,8 @@ def test_one_answer_postgres_refuses_costs_only_its_own_job(
 
 
 def test_a_malformed_answer_fails_its_own_job_and_the_rest_of_the_batch_is_stored(
-    runtime: WorkerRuntime, engine: Engine
+    runtime: WorkerRuntime, producer: Producer, engine: Engine
 ) -> None:
-    producer = Producer(runtime)
     jobs = started(runtime.runner, [producer.submit() for _ in range(3)])
     # A field of the wrong type deep inside a 2xx body.
     odd = b'{"choices": [{"message": {"content": null, "tool_calls": 5}}]}'
@@ -202,11 +215,11 @@ def test_a_malformed_answer_fails_its_own_job_and_the_rest_of_the_batch_is_store
 
 
 def test_two_attempts_of_one_job_in_one_batch_store_only_the_current_one(
-    runtime: WorkerRuntime, engine: Engine
+    runtime: WorkerRuntime, producer: Producer, engine: Engine
 ) -> None:
     # Attempt 1's record waited out a Postgres outage while the job was taken back and claimed
     # again by this same process: both answers reach one batch.
-    message = Producer(runtime).submit(tools=True)
+    message = producer.submit(tools=True)
     (first,) = started(runtime.runner, [message])
     with unit_of_work(runtime.runner.sessions) as session:
         repository.release_jobs(session, [first.claim.id], runtime.runner.worker_id)
