@@ -222,7 +222,8 @@ def _build_claim() -> Any:
         update(job)
         .where(
             job.c.id == any_(bindparam("b_job_ids", type_=ARRAY(PG_UUID(as_uuid=True)))),
-            job.c.status.in_(_ACTIVE),
+            # Not `in_`: SQLAlchemy renders an IN list afresh on every execution.
+            or_(*(job.c.status == status for status in _ACTIVE)),
             job.c.cancel_requested.is_(False),
             # An overdue job is failed by `expire_overdue_jobs`, not called.
             or_(job.c.deadline_at.is_(None), job.c.deadline_at > func.now()),
