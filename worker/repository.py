@@ -504,10 +504,9 @@ def record_successes(
 
     One statement for the whole batch (tool calls aside): every part hangs off the guarded
     job update, so for each job either all of it is written or none, in one round trip.
-    A batch locks several job rows, in the order the plan visits them; so does the
-    heartbeat's lease renewal. Should the two wait on each other, Postgres fails one as a
-    deadlock (`OperationalError`): a record is then tried again, and the heartbeat renews on
-    its next tick."""
+    A batch locks several job rows, in the order its plan visits them; the other statements
+    that lock several running jobs (lease renewal, the reaper) skip locked rows rather than
+    wait, so they cannot deadlock with it."""
     if not successes:
         return set()
     connection = session.connection()
@@ -662,12 +661,23 @@ def renew_leases(
     session: Session, job_ids: Sequence[uuid.UUID], worker_id: str, lease_s: float
 ) -> list[uuid.UUID]:
     """Extend the leases of the jobs this worker runs, in one statement; returns those of them
-    whose cancellation was asked for, so their calls can stop at the next safe point."""
+    whose cancellation was asked for, so their calls can stop at the next safe point.
+
+    A job whose row another transaction holds is skipped this time, never waited for: it is
+    being recorded (or reaped) right now, and its lease has several heartbeats to run yet.
+    Waiting would let a batched record, which locks its rows in whatever order its plan takes,
+    and this renewal each hold a row the other wants, a deadlock."""
     if not job_ids:
         return []
+    free = (
+        select(Job.id)
+        .where(Job.id.in_(job_ids), Job.worker_id == worker_id, Job.status == "running")
+        .with_for_update(skip_locked=True)
+        .cte("free")
+    )
     rows = session.execute(
         update(Job)
-        .where(Job.id.in_(job_ids), Job.worker_id == worker_id, Job.status == "running")
+        .where(Job.id.in_(select(free.c.id)))
         .values(lease_expires_at=func.now() + _seconds(lease_s))
         .returning(Job.id, Job.cancel_requested)
     ).all()

@@ -238,3 +238,28 @@ def test_two_attempts_of_one_job_in_one_batch_store_only_the_current_one(
     (row,) = select(engine, "SELECT output_text FROM job WHERE id = :id", id=message.job_id)
     assert row.output_text == "the current answer"
     assert count_rows(engine, "tool_call", "job_id = :id", id=message.job_id) == 0
+
+
+def test_lease_renewal_skips_a_job_another_transaction_holds_instead_of_waiting(
+    runtime: WorkerRuntime,
+    producer: Producer,
+    engine: Engine,
+) -> None:
+    """A batched record locks its job rows in no set order; were the heartbeat to wait on one
+    of them while holding another, the two could deadlock. It skips the held row instead."""
+    held, free = started(runtime.runner, [producer.submit(), producer.submit()])
+    ids = [held.claim.id, free.claim.id]
+    leases = "SELECT id, lease_expires_at FROM job WHERE id = ANY(:ids)"
+    before = dict(select(engine, leases, ids=ids))
+
+    with engine.connect() as holder:
+        holder.execute(text("SELECT 1 FROM job WHERE id = :id FOR UPDATE"), {"id": held.claim.id})
+        with unit_of_work(runtime.runner.sessions) as session:
+            # Were the renewal to wait for the held row, this would fail the test, not hang it.
+            session.execute(text("SET LOCAL lock_timeout = '2s'"))
+            repository.renew_leases(session, ids, runtime.runner.worker_id, 600)
+        holder.rollback()
+
+    after = dict(select(engine, leases, ids=ids))
+    assert after[held.claim.id] == before[held.claim.id]
+    assert after[free.claim.id] > before[free.claim.id]
