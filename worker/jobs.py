@@ -1,4 +1,5 @@
-"""The use case: claim a job, call the upstream, record the outcome in one transaction."""
+"""The use case: claim a job, call the upstream, hand the outcome to the recorder and announce it
+to followers; plus the jobs in flight whose leases the heartbeat renews."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from functools import partial
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,18 +20,12 @@ from api_contracts.events import FINAL_EVENT, JobStateEvent
 from api_contracts.jobs import TERMINAL_STATUSES, ErrorInfo
 from api_contracts.messages import JobMessage
 from worker import repository
-from worker.db import DATABASE_UNREACHABLE, unit_of_work
+from worker.db import unit_of_work
 from worker.job_events import JobEventPublisher, NamedEvent, state_event, update_event
 from worker.llm_client import LLMClient, UpstreamReply, UpstreamTransportError
-from worker.payloads import (
-    MalformedResponseError,
-    ParsedResult,
-    build_upstream_request,
-    parse_error_body,
-    parse_result,
-    parse_success,
-)
-from worker.retry_policy import classify_status, decide_after_failure, parse_retry_after
+from worker.payloads import MalformedResponseError, build_upstream_request
+from worker.recording import Recorder, RetryConfig, read_success
+from worker.retry_policy import classify_status
 from worker.stream_parsing import (
     AttemptTiming,
     StreamAssembler,
@@ -40,18 +34,9 @@ from worker.stream_parsing import (
     measure_attempt,
     merge_updates,
 )
-from worker.timeouts import CallLimits, call_limits, deadline_error, retry_outlives_deadline
+from worker.timeouts import CallLimits, call_limits
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RetryConfig:
-    """How many attempts, and the backoff's base and cap."""
-
-    max_attempts: int
-    base_s: float
-    cap_s: float
 
 
 class InFlight:
@@ -120,6 +105,11 @@ class JobRunner:
     # Live progress for followers (`GET /v1/jobs/{id}/events`); None publishes nothing.
     events: JobEventPublisher | None = None
     clock: Callable[[], float] = time.monotonic
+    # Built from the fields above, so a runner is constructed as it always was.
+    recorder: Recorder = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.recorder = Recorder(self.sessions, self.worker_id, self.retry, self.rand, self.clock)
 
     def start_many(self, messages: Sequence[JobMessage]) -> list[StartedJob | Exception | None]:
         """Claim each message's job and build its upstream call (None for a duplicate); the
@@ -185,7 +175,7 @@ class JobRunner:
         failures: list[tuple[int, MalformedResponseError | None]] = []
         for n, (job, reply) in enumerate(finished):
             try:
-                read = _read_success(job.claim, reply)
+                read = read_success(job.claim, reply)
             except Exception as exc:  # a body the parser trips on: that job's alone
                 outcomes[n] = exc
                 continue
@@ -193,13 +183,15 @@ class JobRunner:
                 successes.append((n, read))
             else:
                 failures.append((n, read))
-        stored = self._store_successes([success for _, success in successes])
+        stored = self.recorder.store_successes([success for _, success in successes])
         for (n, _), outcome in zip(successes, stored, strict=True):
             outcomes[n] = outcome
         for n, malformed in failures:
             job, reply = finished[n]
             try:
-                outcome = self._record_failure(job.claim, reply, malformed, None, job.expires)
+                outcome = self.recorder.record_failure(
+                    job.claim, reply, malformed, None, job.expires
+                )
                 self._announce(job.claim, outcome)
             except Exception as exc:
                 outcomes[n] = exc
@@ -249,28 +241,18 @@ class JobRunner:
         try:
             reply = self.client.stream(path, body, relay.feed, limits)
             if classify_status(reply.status_code, reply.headers) != "succeeded":
-                return self._record(claim, reply, expires=expires)
+                return self.recorder.record(claim, reply, expires=expires)
             result = relay.assembler.finish()
         except UpstreamTransportError as exc:
             timing = relay.timing(started, self.clock(), None)
-            return self._record(claim, exc, timing, expires)
+            return self.recorder.record(claim, exc, timing, expires)
         except StreamError as exc:
-            error = _error(exc.error_type, str(exc), None)
             timing = relay.timing(started, self.clock(), None)
-            return self._retry_or_fail(claim, error, exc.retryable, None, timing, expires)
+            return self.recorder.record_broken_stream(claim, exc, timing, expires)
         except CallCancelledError:
-            with unit_of_work(self.sessions) as session:
-                stored = repository.record_cancelled(session, claim, self.worker_id)
-            return "cancelled" if stored else "superseded"
-        finished = self.clock()
-        try:
-            parsed = parse_result(claim.kind, result)  # type: ignore[arg-type]
-        except MalformedResponseError as exc:
-            return self._fail(claim, _error("malformed_response", str(exc), reply.status_code))
-        timing = relay.timing(started, finished, _output_tokens(parsed))
-        return self._store_success(
-            repository.Success(claim, reply.status_code, result, parsed, *_speed(timing))
-        )
+            return self.recorder.record_cancelled(claim)
+        timed = partial(relay.timing, started, self.clock())
+        return self.recorder.record_streamed(claim, reply.status_code, result, timed)
 
     def _publish(self, job_id: uuid.UUID, events: list[NamedEvent]) -> None:
         self._publish_many([(job_id, events)])
@@ -321,122 +303,6 @@ class JobRunner:
             )
             return repository.claim_job(session, message.job_id, self.worker_id, self.lease_s)
 
-    def _record(
-        self,
-        claim: repository.ClaimedJob,
-        reply: UpstreamReply | UpstreamTransportError,
-        timing: AttemptTiming | None = None,
-        expires: float | None = None,
-    ) -> str:
-        read = _read_success(claim, reply)
-        if isinstance(read, repository.Success):
-            return self._store_success(read)
-        return self._record_failure(claim, reply, read, timing, expires)
-
-    def _record_failure(
-        self,
-        claim: repository.ClaimedJob,
-        reply: UpstreamReply | UpstreamTransportError,
-        malformed: MalformedResponseError | None,
-        timing: AttemptTiming | None,
-        expires: float | None,
-    ) -> str:
-        """An answer that is no success: a malformed 2xx fails, the rest by the policy."""
-        if malformed is not None:
-            assert isinstance(reply, UpstreamReply)  # only a 2xx body can be malformed
-            return self._fail(
-                claim, _error("malformed_response", str(malformed), reply.status_code)
-            )
-        error, retryable, retry_after = _describe_failure(reply)
-        return self._retry_or_fail(claim, error, retryable, retry_after, timing, expires)
-
-    def _store_success(self, success: repository.Success) -> str:
-        (outcome,) = self._store_successes([success])
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
-    def _store_successes(self, successes: list[repository.Success]) -> list[str | Exception]:
-        """Store the successes in one transaction: each `succeeded`, or `superseded` for an
-        attempt no longer ours. If the batch fails for anything but an unreachable database,
-        each is stored alone, so one bad answer costs only its own job."""
-        if not successes:
-            return []
-        try:
-            stored = self._write_successes(successes)
-        except DATABASE_UNREACHABLE:
-            raise
-        except SQLAlchemyError as exc:
-            if len(successes) == 1:
-                return [exc]
-            return [self._store_alone(success) for success in successes]
-        return [
-            "succeeded" if (s.claim.id, s.claim.attempt) in stored else "superseded"
-            for s in successes
-        ]
-
-    def _store_alone(self, success: repository.Success) -> str | Exception:
-        try:
-            return self._store_successes([success])[0]
-        except DATABASE_UNREACHABLE as exc:  # tried again for this job alone
-            return exc
-
-    def _write_successes(self, successes: list[repository.Success]) -> set[tuple[uuid.UUID, int]]:
-        # Without tool calls the batch is one statement (see `record_successes`).
-        single = not any(success.parsed.tool_calls for success in successes)
-        with unit_of_work(self.sessions, single_statement=single) as session:
-            return repository.record_successes(session, self.worker_id, successes)
-
-    def _retry_or_fail(
-        self,
-        claim: repository.ClaimedJob,
-        error: dict[str, Any],
-        retryable: bool,
-        retry_after: float | None,
-        timing: AttemptTiming | None = None,
-        expires: float | None = None,
-    ) -> str:
-        """Schedule the next attempt, or fail: out of attempts, not worth retrying, or (given
-        the job's deadline at `expires`, on this process' clock) out of time."""
-        decision = decide_after_failure(
-            claim.attempt,
-            self.retry.max_attempts,
-            retryable,
-            retry_after,
-            self.retry.base_s,
-            self.retry.cap_s,
-            self.rand(),
-        )
-        if decision.verdict == "fail":
-            return self._fail(claim, error, timing)
-        time_left = None if expires is None else expires - self.clock()
-        if retry_outlives_deadline(decision.delay_s, time_left):
-            total_s = (claim.timeouts or {}).get("total_s")
-            return self._fail(claim, deadline_error(total_s, error), timing)
-        with unit_of_work(self.sessions) as session:
-            stored = repository.record_retry(
-                session,
-                claim,
-                self.worker_id,
-                error,
-                decision.delay_s,
-                decision.reason,
-                *_speed(timing),
-            )
-        return "retrying" if stored else "superseded"
-
-    def _fail(
-        self,
-        claim: repository.ClaimedJob,
-        error: dict[str, Any],
-        timing: AttemptTiming | None = None,
-    ) -> str:
-        with unit_of_work(self.sessions) as session:
-            stored = repository.record_failure(
-                session, claim, self.worker_id, error, *_speed(timing)
-            )
-        return "failed" if stored else "superseded"
-
 
 class CallCancelledError(Exception):
     """The caller cancelled the job while its call was streaming."""
@@ -473,52 +339,3 @@ class _StreamRelay:
 def _succeeded_events(attempt: int) -> list[NamedEvent]:
     done = JobStateEvent(status="succeeded", attempt=attempt)
     return [state_event(done), (FINAL_EVENT, done)]
-
-
-def _read_success(
-    claim: repository.ClaimedJob, reply: UpstreamReply | UpstreamTransportError
-) -> repository.Success | MalformedResponseError | None:
-    """The success to store; the reason a 2xx body is unreadable; or None: no success."""
-    if (
-        not isinstance(reply, UpstreamReply)
-        or classify_status(reply.status_code, reply.headers) != "succeeded"
-    ):
-        return None
-    try:
-        result, parsed = parse_success(claim.kind, reply.content)  # type: ignore[arg-type]
-    except MalformedResponseError as exc:
-        return exc
-    # The whole answer came at once: no first token to time, a rate over the call.
-    timing = measure_attempt(0.0, None, reply.elapsed_s, _output_tokens(parsed))
-    return repository.Success(claim, reply.status_code, result, parsed, *_speed(timing))
-
-
-def _output_tokens(parsed: ParsedResult) -> int | None:
-    return parsed.usage.output_tokens if parsed.usage is not None else None
-
-
-def _speed(timing: AttemptTiming | None) -> tuple[float | None, float | None]:
-    """Time to first token and tokens per second, as the `record_*` functions take them."""
-    if timing is None:
-        return None, None
-    return timing.first_token_s, timing.tokens_per_s
-
-
-def _error(error_type: str, message: str, status_code: int | None) -> dict[str, Any]:
-    return {"type": error_type, "message": message, "status_code": status_code}
-
-
-def _describe_failure(
-    reply: UpstreamReply | UpstreamTransportError,
-) -> tuple[dict[str, Any], bool, float | None]:
-    """The error to record, whether it is worth retrying, and any wait the upstream asked for."""
-    if isinstance(reply, UpstreamTransportError):
-        return _error(reply.error_type, str(reply), None), True, None
-    upstream_type, message = parse_error_body(reply.content)
-    error = _error(
-        upstream_type or f"http_{reply.status_code}",
-        message or f"upstream answered HTTP {reply.status_code}",
-        reply.status_code,
-    )
-    retryable = classify_status(reply.status_code, reply.headers) == "retry"
-    return error, retryable, parse_retry_after(reply.headers, datetime.now(UTC))

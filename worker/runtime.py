@@ -21,10 +21,11 @@ from worker import repository
 from worker.call_loop import CallLoop
 from worker.db import make_engine, make_sessionmaker, open_connections
 from worker.job_events import JobEventPublisher
-from worker.jobs import InFlight, JobRunner, RetryConfig
+from worker.jobs import InFlight, JobRunner
 from worker.llm_client import AsyncLLMClient, LLMClient
 from worker.maintenance import Maintenance, run_every
 from worker.queues import publish_job, redis_client_url, reuse_broker_clients
+from worker.recording import RetryConfig
 from worker.settings import Settings
 from worker.timeouts import CallLimits
 from worker.webhook_delivery import WebhookDeliverer, build_deliverer, publish_delivery
