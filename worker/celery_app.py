@@ -11,6 +11,7 @@ from kombu import Queue
 from kombu.transport import redis as kombu_redis
 from sqlalchemy.exc import OperationalError
 
+from worker.broker_batches import take_messages_in_batches
 from worker.queues import JOB_QUEUES
 from worker.settings import Settings
 from worker.webhooks import WEBHOOK_QUEUE
@@ -88,6 +89,7 @@ def restore_sweep_s(visibility_timeout_s: float) -> float:
 def create_celery_app(settings: Settings) -> Celery:
     """A configured app; the task module registers itself on import."""
     _tolerate_lost_channel()
+    take_messages_in_batches(settings.broker_batch)
     app = Celery(
         "gmiq", broker=settings.broker_url, include=["worker.tasks", "worker.webhook_tasks"]
     )

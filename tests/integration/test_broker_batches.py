@@ -1,0 +1,142 @@
+"""A worker's read from Redis takes as many messages as its prefetch allows, in queue order, and
+records each as unacknowledged exactly as kombu does, so acknowledging and restoring them work
+unchanged; with a batch of one it is kombu's own path."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from kombu import Consumer, Message
+
+from api_contracts.messages import JobMessage
+from worker.broker_batches import take_messages_in_batches
+from worker.celery_app import create_celery_app
+from worker.queues import JOB_QUEUES, publish_job, queue_depths
+from worker.settings import Settings
+
+
+def message(priority: str) -> JobMessage:
+    return JobMessage.model_validate(
+        {
+            "job_id": uuid.uuid4(),
+            "kind": "chat",
+            "request": {"messages": [{"role": "user", "content": "hi"}]},
+            "model": "m",
+            "priority": priority,
+            "submitted_at": datetime.now(UTC),
+        }
+    )
+
+
+@pytest.fixture
+def app(deployment: Callable[..., Settings]) -> Iterator[Celery]:
+    settings = deployment()
+    made = create_celery_app(settings)
+    try:
+        yield made
+    finally:
+        made.close()
+        take_messages_in_batches(settings.broker_batch)
+
+
+@contextmanager
+def consuming(app: Celery, prefetch: int) -> Iterator[tuple[Any, list[Message]]]:
+    """A consumer of the job queues with `prefetch` unacknowledged messages at most; yields
+    its connection and the messages it has received so far."""
+    received: list[Message] = []
+    with app.connection_for_read() as connection:
+        channel = connection.channel()
+        queues = [app.amqp.queues[name] for name in JOB_QUEUES]
+        consumer = Consumer(
+            channel,
+            queues=queues,
+            callbacks=[lambda _body, delivered: received.append(delivered)],
+            accept=["json"],
+        )
+        consumer.qos(prefetch_count=prefetch)
+        with consumer:
+            yield connection, received
+
+
+def key_prefix(app: Celery) -> str:
+    return str(app.conf.broker_transport_options["global_keyprefix"])
+
+
+def unacked(client: redis.Redis, prefix: str) -> dict[str, list[Any]]:
+    return {
+        tag.decode(): json.loads(entry) for tag, entry in client.hgetall(f"{prefix}unacked").items()
+    }
+
+
+def test_one_read_takes_up_to_the_prefetch_in_queue_order_and_records_each_as_kombu_does(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    prefix = key_prefix(app)
+    normal = [message("normal") for _ in range(6)]
+    for job in [*normal, message("high")]:
+        publish_job(app, job)
+
+    with consuming(app, prefetch=5) as (connection, received):
+        connection.drain_events(timeout=5)
+
+        assert len(received) == 5  # one read; kombu alone delivers one
+        routing = [delivered.delivery_info["routing_key"] for delivered in received]
+        assert routing == ["gmiq.high", *["gmiq.normal"] * 4]
+        # The normal queue is first in, first out: its four oldest came.
+        bodies = [delivered.decode() for delivered in received[1:]]
+        assert [body[0][0]["job_id"] for body in bodies] == [str(m.job_id) for m in normal[:4]]
+        entries = unacked(redis_client, prefix)
+        assert set(entries) == {delivered.delivery_tag for delivered in received}
+        for delivered in received:
+            raw, exchange, routing_key = entries[delivered.delivery_tag]
+            assert raw == delivered._raw  # type: ignore[attr-defined]
+            assert (exchange, routing_key) == (
+                delivered.delivery_info["exchange"],
+                delivered.delivery_info["routing_key"],
+            )
+        assert redis_client.zcard(f"{prefix}unacked_index") == 5
+        assert queue_depths(redis_client, prefix)["gmiq.normal"] == 2
+
+        for delivered in received:
+            delivered.ack()
+        assert redis_client.hlen(f"{prefix}unacked") == 0
+        assert redis_client.zcard(f"{prefix}unacked_index") == 0
+
+
+def test_messages_taken_in_a_batch_and_not_acknowledged_go_back_when_the_channel_closes(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    prefix = key_prefix(app)
+    for _ in range(4):
+        publish_job(app, message("normal"))
+
+    with consuming(app, prefetch=8) as (connection, received):
+        connection.drain_events(timeout=5)
+        assert len(received) == 4
+        assert queue_depths(redis_client, prefix)["gmiq.normal"] == 0
+
+    # kombu restores what its channel had not acknowledged, from the entries the batch wrote.
+    depths = queue_depths(redis_client, prefix)
+    assert (depths["gmiq.normal"], depths["unacked"]) == (4, 0)
+
+
+def test_a_batch_of_one_is_kombus_own_read(app: Celery, redis_client: redis.Redis) -> None:
+    prefix = key_prefix(app)
+    take_messages_in_batches(1)
+    for _ in range(3):
+        publish_job(app, message("normal"))
+
+    with consuming(app, prefetch=8) as (connection, received):
+        connection.drain_events(timeout=5)
+        assert len(received) == 1
+        assert set(unacked(redis_client, prefix)) == {received[0].delivery_tag}
+        received[0].ack()
+    assert queue_depths(redis_client, prefix)["gmiq.normal"] == 2

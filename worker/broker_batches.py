@@ -1,0 +1,183 @@
+"""Taking several messages per round trip from kombu's Redis transport.
+
+kombu's Redis channel takes one message per `BRPOP`, then records it as unacknowledged with a
+second round trip (`MULTI ZADD HSET EXEC`), all on Celery's one consumer thread. Under load that
+thread is what binds a worker process (docs/performance.md). Here, once a `BRPOP` has returned
+a message, one Lua script records it and moves up to the free prefetch more messages from the
+same queues, in the same order `BRPOP` reads them, into the unacknowledged set, atomically:
+two round trips for a batch instead of two per message, and a message is never off its queue
+without being in the unacknowledged set (kombu's own `BRPOP`-then-record leaves a gap for the
+first one, as before).
+
+The entries are what kombu itself writes (`[message, exchange, routing_key]` in the `unacked`
+hash, the delivery tag in its index with the time), so its acknowledgement, its restore on
+shutdown and its restore of messages past the visibility timeout all work on them unchanged.
+A Redis that cannot run the script (before 6.2, `RPOP` takes no count) gets kombu's own path.
+"""
+
+from __future__ import annotations
+
+import logging
+from queue import Empty
+from time import time
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual import base as kombu_virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
+from redis.exceptions import ResponseError
+
+log = logging.getLogger(__name__)
+
+# At most this many per round trip (`take_messages_in_batches` sets it; 1: kombu's own path).
+_max_batch = 1
+
+# KEYS: the unacked hash, its index, then the queue lists in BRPOP's order.
+# ARGV: the time, how many more to take, the first message's tag and its unacked entry.
+# Returns key, message, recorded (1 or 0) for each message taken.
+_TAKE_MORE = """
+local now = ARGV[1]
+redis.call('ZADD', KEYS[2], now, ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+local want = tonumber(ARGV[2])
+local out = {}
+for i = 3, #KEYS do
+  if want <= 0 then break end
+  local items = redis.call('RPOP', KEYS[i], want)
+  if items then
+    for _, item in ipairs(items) do
+      local recorded = 0
+      local ok, message = pcall(cjson.decode, item)
+      if ok and type(message) == 'table' and type(message.properties) == 'table' then
+        local properties = message.properties
+        local info = properties.delivery_info
+        local tag = properties.delivery_tag
+        if type(tag) == 'string' and type(info) == 'table'
+            and type(info.exchange) == 'string' and type(info.routing_key) == 'string' then
+          redis.call('ZADD', KEYS[2], now, tag)
+          redis.call('HSET', KEYS[1], tag, '[' .. item .. ',' .. cjson.encode(info.exchange)
+            .. ',' .. cjson.encode(info.routing_key) .. ']')
+          recorded = 1
+        end
+      end
+      out[#out + 1] = KEYS[i]
+      out[#out + 1] = item
+      out[#out + 1] = recorded
+      want = want - 1
+    end
+  end
+end
+return out
+"""
+
+
+def unacked_entry(payload: dict[str, Any]) -> tuple[str, str] | None:
+    """The delivery tag and the entry kombu's `QoS.append` would write; None if the message
+    lacks what kombu needs to restore it (kombu's own path then records it)."""
+    properties = payload.get("properties")
+    if not isinstance(properties, dict):
+        return None
+    tag, info = properties.get("delivery_tag"), properties.get("delivery_info")
+    if not isinstance(tag, str) or not isinstance(info, dict):
+        return None
+    exchange, routing_key = info.get("exchange"), info.get("routing_key")
+    if not isinstance(exchange, str) or not isinstance(routing_key, str):
+        return None
+    return tag, dumps([payload, exchange, routing_key])
+
+
+def _queue_keys(channel: Any) -> list[str]:
+    """The lists `BRPOP` reads, in its order (priority steps first), as Redis names them."""
+    queues = channel._queue_cycle.consume(len(channel.active_queues))
+    return [
+        channel.global_keyprefix + channel._q_for_pri(queue, pri)
+        for pri in channel.priority_steps
+        for queue in queues
+    ]
+
+
+def _take_batch(
+    channel: Any, dest: str, payload: dict[str, Any], room: int
+) -> list[tuple[str, Any, str | None]] | None:
+    """Record the message `BRPOP` returned and take up to `room` more: the queue, payload and
+    recorded tag of each (None: not recorded here), the first one first. None if the script
+    was not run: kombu's own path then takes the first message."""
+    entry = unacked_entry(payload)
+    if entry is None or room <= 0 or getattr(channel, "_gmiq_no_batches", False):
+        return None
+    tag, unacked = entry
+    prefix = channel.global_keyprefix
+    keys = [prefix + channel.unacked_key, prefix + channel.unacked_index_key]
+    keys += _queue_keys(channel)
+    try:
+        with channel.conn_or_acquire() as client:
+            reply = client.execute_command(
+                "EVAL", _TAKE_MORE, len(keys), *keys, time(), room, tag, unacked
+            )
+    except ResponseError as exc:  # a Redis without RPOP's count: kombu's own path from now on
+        log.warning("taking messages in batches is off: %s", exc)
+        channel._gmiq_no_batches = True
+        return None
+    batch: list[tuple[str, Any, str | None]] = [(dest, payload, tag)]
+    for n in range(0, len(reply), 3):
+        key, item, stored = reply[n : n + 3]
+        more = loads(bytes_to_str(item))
+        more_entry = unacked_entry(more) if stored else None
+        queue = bytes_to_str(key)[len(prefix) :].rsplit(channel.sep, 1)[0]
+        batch.append((queue, more, None if more_entry is None else more_entry[0]))
+    return batch
+
+
+def _brpop_read(self: Any, **options: Any) -> bool:
+    """kombu 5.7's `Channel._brpop_read`, delivering the batch `_take_batch` adds."""
+    try:
+        try:
+            dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+        except self.connection_errors:
+            # As kombu: disconnect, so the next iteration reconnects.
+            self.client.connection.disconnect()
+            raise
+        if not dest__item:
+            raise Empty()
+        dest, item = dest__item
+        dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+        self._queue_cycle.rotate(dest)
+        payload = loads(bytes_to_str(item))
+    finally:
+        self._in_poll = None
+        self._flush_brpop_reauth()
+    room = min(_max_batch, self.qos.can_consume_max_estimate()) - 1
+    batch = _take_batch(self, dest, payload, room)
+    if batch is None:
+        self.connection._deliver(payload, dest)
+        return True
+    for queue, message, recorded in batch:
+        # Delivery calls `QoS.append` for this message before it returns.
+        self.qos.__dict__["_gmiq_recorded"] = recorded
+        try:
+            self.connection._deliver(message, queue)
+        finally:
+            self.qos.__dict__["_gmiq_recorded"] = None
+    return True
+
+
+def _append(self: Any, message: Any, delivery_tag: str) -> None:
+    """kombu's `QoS.append`, but a message the script recorded is only counted, not written
+    again."""
+    if delivery_tag is not None and self.__dict__.get("_gmiq_recorded") == delivery_tag:
+        kombu_virtual.QoS.append(self, message, delivery_tag)
+        return
+    _kombu_append(self, message, delivery_tag)
+
+
+_kombu_append = kombu_redis.QoS.append
+
+
+def take_messages_in_batches(max_batch: int) -> None:
+    """Have kombu's Redis channels take up to `max_batch` messages per read (1: one, as kombu
+    does). Process-wide, like the channel it changes; calling it again changes the size."""
+    global _max_batch
+    _max_batch = max_batch
+    setattr(kombu_redis.Channel, "_brpop_read", _brpop_read)  # noqa: B010 - kombu's private
+    setattr(kombu_redis.QoS, "append", _append)  # noqa: B010
