@@ -13,11 +13,18 @@ The entries are what kombu itself writes (`[message, exchange, routing_key]` in 
 hash, the delivery tag in its index with the time), so its acknowledgement, its restore on
 shutdown and its restore of messages past the visibility timeout all work on them unchanged.
 A Redis that cannot run the script (before 6.2, `RPOP` takes no count) gets kombu's own path.
+
+Acknowledgements, one `MULTI ZREM HDEL EXEC` each on the same thread, are gathered and written
+in one pipeline at the start of the consumer loop's next turn (or once a batch's worth wait).
+The prefetch slot is freed at once, as before. A process that dies with acknowledgements not
+yet written leaves those messages to be restored after the visibility timeout, and a job
+message redelivered is a no-op (its job is claimed or done): at-least-once, as before.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from queue import Empty
 from time import time
 from typing import Any
@@ -29,6 +36,12 @@ from kombu.utils.json import dumps, loads
 from redis.exceptions import ResponseError
 
 log = logging.getLogger(__name__)
+
+# What losing Redis looks like on a kombu channel (see `celery_app._tolerate_lost_channel`).
+LOST_CHANNEL_ERRORS: tuple[type[BaseException], ...] = (
+    AttributeError,
+    *kombu_redis.Transport.connection_errors,
+)
 
 # At most this many per round trip (`take_messages_in_batches` sets it; 1: kombu's own path).
 _max_batch = 1
@@ -172,12 +185,60 @@ def _append(self: Any, message: Any, delivery_tag: str) -> None:
 
 
 _kombu_append = kombu_redis.QoS.append
+_kombu_restore_unacked = kombu_redis.QoS.restore_unacked
+_kombu_on_poll_start = kombu_redis.MultiChannelPoller.on_poll_start
+_acks_lock = threading.Lock()
+
+
+def _ack(self: Any, delivery_tag: str) -> None:
+    """kombu's `QoS.ack`, with the Redis write left for `_write_acks`; the prefetch slot is
+    freed now."""
+    with _acks_lock:
+        pending: list[str] = self.__dict__.setdefault("_gmiq_acks", [])
+        pending.append(delivery_tag)
+        full = len(pending) >= _max_batch
+    kombu_virtual.QoS.ack(self, delivery_tag)
+    if full:
+        _write_acks(self)
+
+
+def _write_acks(qos: Any) -> None:
+    """Remove the acknowledged messages from the unacked hash and index, in one round trip."""
+    with _acks_lock:
+        tags: list[str] = qos.__dict__.get("_gmiq_acks") or []
+        qos.__dict__["_gmiq_acks"] = []
+    if not tags:
+        return
+    try:
+        with qos.pipe_or_acquire() as pipe:
+            pipe.zrem(qos.unacked_index_key, *tags).hdel(qos.unacked_key, *tags).execute()
+    except LOST_CHANNEL_ERRORS as exc:  # restored after the visibility timeout: a no-op
+        log.warning("could not acknowledge %d messages after losing Redis: %r", len(tags), exc)
+
+
+def _on_poll_start(self: Any) -> None:
+    """kombu's `MultiChannelPoller.on_poll_start` (each turn of the consumer loop, and each
+    synchronous read), after writing the acknowledgements gathered since the last turn."""
+    for channel in list(self._channels):
+        _write_acks(channel.qos)
+    _kombu_on_poll_start(self)
+
+
+def _restore_unacked(self: Any, client: Any = None) -> None:
+    """kombu's restore as a channel closes, once its acknowledgements are written (else their
+    messages would be restored too)."""
+    _write_acks(self)
+    _kombu_restore_unacked(self, client)
 
 
 def take_messages_in_batches(max_batch: int) -> None:
-    """Have kombu's Redis channels take up to `max_batch` messages per read (1: one, as kombu
-    does). Process-wide, like the channel it changes; calling it again changes the size."""
+    """Have kombu's Redis channels take up to `max_batch` messages per read and write up to as
+    many acknowledgements per round trip (1: one at a time, as kombu does). Process-wide, like
+    the channel it changes; calling it again changes the size."""
     global _max_batch
     _max_batch = max_batch
     setattr(kombu_redis.Channel, "_brpop_read", _brpop_read)  # noqa: B010 - kombu's private
     setattr(kombu_redis.QoS, "append", _append)  # noqa: B010
+    setattr(kombu_redis.QoS, "ack", _ack)  # noqa: B010
+    setattr(kombu_redis.QoS, "restore_unacked", _restore_unacked)  # noqa: B010
+    setattr(kombu_redis.MultiChannelPoller, "on_poll_start", _on_poll_start)  # noqa: B010

@@ -11,7 +11,7 @@ from kombu import Queue
 from kombu.transport import redis as kombu_redis
 from sqlalchemy.exc import OperationalError
 
-from worker.broker_batches import take_messages_in_batches
+from worker.broker_batches import LOST_CHANNEL_ERRORS, take_messages_in_batches
 from worker.queues import JOB_QUEUES
 from worker.settings import Settings
 from worker.webhooks import WEBHOOK_QUEUE
@@ -19,17 +19,11 @@ from worker.webhooks import WEBHOOK_QUEUE
 log = logging.getLogger(__name__)
 
 
-_LOST_CHANNEL_ERRORS: tuple[type[BaseException], ...] = (
-    AttributeError,
-    *kombu_redis.Transport.connection_errors,
-)
-
-
 def _tolerant(method: Callable[..., None], what: str) -> Callable[..., None]:
     def call(self: Any, *args: Any, **kwargs: Any) -> None:
         try:
             method(self, *args, **kwargs)
-        except _LOST_CHANNEL_ERRORS as exc:
+        except LOST_CHANNEL_ERRORS as exc:
             log.warning("could not %s after losing Redis: %r", what, exc)
 
     call._gmiq_tolerant = True  # type: ignore[attr-defined]
@@ -88,8 +82,9 @@ def restore_sweep_s(visibility_timeout_s: float) -> float:
 
 def create_celery_app(settings: Settings) -> Celery:
     """A configured app; the task module registers itself on import."""
-    _tolerate_lost_channel()
+    # Batches first: the tolerance wraps the acknowledgement and restore they install.
     take_messages_in_batches(settings.broker_batch)
+    _tolerate_lost_channel()
     app = Celery(
         "gmiq", broker=settings.broker_url, include=["worker.tasks", "worker.webhook_tasks"]
     )

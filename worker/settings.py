@@ -54,9 +54,9 @@ class Settings(BaseSettings):
     # this many refill the slots together (their claims share one statement): 8 refilled too
     # slowly to keep 200 in flight, 64 added contention (docs/performance.md).
     claim_threads: int = 16
-    # Messages a worker takes from Redis per round trip, at most (and never past its prefetch):
-    # Celery's one consumer thread taking them one by one bound a process (docs/performance.md).
-    # 1 takes them one at a time, as kombu does.
+    # Messages a worker takes from Redis per round trip, and acknowledgements it writes per round
+    # trip, at most (never past its prefetch): Celery's one consumer thread doing both one by
+    # one bound a process (docs/performance.md). 1: one at a time, as kombu does.
     broker_batch: int = Field(default=64, ge=1)
     max_attempts: int = 5
     backoff_base_s: float = 1.0

@@ -1,6 +1,6 @@
 """A worker's read from Redis takes as many messages as its prefetch allows, in queue order, and
-records each as unacknowledged exactly as kombu does, so acknowledging and restoring them work
-unchanged; with a batch of one it is kombu's own path."""
+records each as unacknowledged exactly as kombu does, so restoring them works unchanged; its
+acknowledgements are written together; with a batch of one it is kombu's own path."""
 
 from __future__ import annotations
 
@@ -105,10 +105,33 @@ def test_one_read_takes_up_to_the_prefetch_in_queue_order_and_records_each_as_ko
         assert redis_client.zcard(f"{prefix}unacked_index") == 5
         assert queue_depths(redis_client, prefix)["gmiq.normal"] == 2
 
+
+def zrem_calls(client: redis.Redis) -> int:
+    stats: dict[str, Any] = client.info("commandstats")
+    return int(stats.get("cmdstat_zrem", {}).get("calls", 0))
+
+
+def test_acknowledgements_are_written_together_at_the_next_turn_of_the_loop(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    prefix = key_prefix(app)
+    for _ in range(5):
+        publish_job(app, message("normal"))
+
+    with consuming(app, prefetch=8) as (connection, received):
+        connection.drain_events(timeout=5)
+        assert len(received) == 5
+        before = zrem_calls(redis_client)
         for delivered in received:
             delivered.ack()
+        assert redis_client.hlen(f"{prefix}unacked") == 5  # gathered, not yet written
+
+        with pytest.raises(TimeoutError):  # the queues are empty: one turn, nothing read
+            connection.drain_events(timeout=0.2)
+
         assert redis_client.hlen(f"{prefix}unacked") == 0
         assert redis_client.zcard(f"{prefix}unacked_index") == 0
+        assert zrem_calls(redis_client) - before == 1  # kombu alone: one per message
 
 
 def test_messages_taken_in_a_batch_and_not_acknowledged_go_back_when_the_channel_closes(
@@ -138,5 +161,8 @@ def test_a_batch_of_one_is_kombus_own_read(app: Celery, redis_client: redis.Redi
         connection.drain_events(timeout=5)
         assert len(received) == 1
         assert set(unacked(redis_client, prefix)) == {received[0].delivery_tag}
+        before = zrem_calls(redis_client)
         received[0].ack()
+        assert zrem_calls(redis_client) - before == 1  # written at once
     assert queue_depths(redis_client, prefix)["gmiq.normal"] == 2
+    assert redis_client.hlen(f"{prefix}unacked") == 0
