@@ -30,8 +30,8 @@ def ready_key(redis_prefix: str) -> str:
 
 
 def create_floor_app(settings: Settings, wait_s: float) -> Celery:
-    """gmiq's Celery app with the waiting task registered."""
-    app = create_celery_app(settings)
+    """gmiq's Celery app, configured as a worker's, with the waiting task registered."""
+    app = create_celery_app(settings, consumer=True)
 
     @app.task(name=NOOP_TASK)
     def wait() -> None:

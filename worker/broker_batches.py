@@ -18,12 +18,22 @@ Acknowledgements, one `MULTI ZREM HDEL EXEC` each on the same thread, are gather
 in one pipeline at the start of the consumer loop's next turn (or once a batch's worth wait).
 The prefetch slot is freed at once, as before. A process that dies with acknowledgements not
 yet written leaves those messages to be restored after the visibility timeout, and a job
-message redelivered is a no-op (its job is claimed or done): at-least-once, as before.
+message redelivered is a no-op (its job is claimed or done): at-least-once, as before. They
+are also written before kombu restores anything (a channel closing, the visibility sweep), so
+an acknowledged message is never put back.
+
+Where kombu would have recorded nothing, the batch leaves nothing: a message its consumer does
+not take in (no acknowledgements, or kombu cannot read it) loses its entry, and a consumer
+without a prefetch limit reads one message at a time. The change is process-wide (kombu's
+classes), so only worker processes make it (`create_celery_app(..., consumer=True)`). It
+mirrors kombu 5.7's `_brpop_read`; the tests in `tests/integration/test_broker_batches.py`
+are what a kombu upgrade must pass.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from queue import Empty
 from time import time
@@ -128,18 +138,39 @@ def _take_batch(
             reply = client.execute_command(
                 "EVAL", _TAKE_MORE, len(keys), *keys, time(), room, tag, unacked
             )
-    except ResponseError as exc:  # a Redis without RPOP's count: kombu's own path from now on
-        log.warning("taking messages in batches is off: %s", exc)
-        channel._gmiq_no_batches = True
+    except ResponseError as exc:
+        if _cannot_run(exc):  # kombu's own path from now on
+            log.warning("taking messages in batches is off: %s", exc)
+            channel._gmiq_no_batches = True
+        else:  # OOM, a failover, a busy script: this message alone takes kombu's path
+            log.warning("taking one message alone: %s", exc)
         return None
     batch: list[tuple[str, Any, str | None]] = [(dest, payload, tag)]
     for n in range(0, len(reply), 3):
         key, item, stored = reply[n : n + 3]
-        more = loads(bytes_to_str(item))
+        try:
+            more = loads(bytes_to_str(item))
+        except ValueError:  # cjson read it, kombu cannot: dropped, as kombu would drop it
+            log.warning("dropped a message kombu cannot decode from %s", bytes_to_str(key))
+            _forget(channel.qos, [_tag_of(item)] if stored else [])
+            continue
         more_entry = unacked_entry(more) if stored else None
         queue = bytes_to_str(key)[len(prefix) :].rsplit(channel.sep, 1)[0]
         batch.append((queue, more, None if more_entry is None else more_entry[0]))
     return batch
+
+
+def _cannot_run(exc: ResponseError) -> bool:
+    """The script can never run on this Redis (too old for `RPOP`'s count, or scripts are not
+    allowed), as opposed to a passing failure."""
+    text = str(exc).lower()
+    return any(sign in text for sign in ("wrong number of arguments", "unknown command", "noperm"))
+
+
+def _tag_of(item: bytes) -> str:
+    """The delivery tag the script recorded for an item (as cjson read it)."""
+    found = re.search(rb'"delivery_tag"\s*:\s*"([^"]*)"', item)
+    return found.group(1).decode() if found else ""
 
 
 def _brpop_read(self: Any, **options: Any) -> bool:
@@ -160,19 +191,38 @@ def _brpop_read(self: Any, **options: Any) -> bool:
     finally:
         self._in_poll = None
         self._flush_brpop_reauth()
-    room = min(_max_batch, self.qos.can_consume_max_estimate()) - 1
+    qos = self.qos
+    estimate = qos.can_consume_max_estimate() if qos.prefetch_count else None
+    # Without a prefetch limit (no acknowledgements to count) or while closing: kombu's path.
+    room = 0 if estimate is None or self._closing else min(_max_batch, estimate) - 1
     batch = _take_batch(self, dest, payload, room)
     if batch is None:
         self.connection._deliver(payload, dest)
         return True
+    failed: BaseException | None = None
     for queue, message, recorded in batch:
         # Delivery calls `QoS.append` for this message before it returns.
-        self.qos.__dict__["_gmiq_recorded"] = recorded
+        qos.__dict__["_gmiq_recorded"] = recorded
         try:
             self.connection._deliver(message, queue)
+        except Exception as exc:  # the rest are delivered all the same, then it is raised
+            failed = failed or exc
         finally:
-            self.qos.__dict__["_gmiq_recorded"] = None
+            qos.__dict__["_gmiq_recorded"] = None
+        if recorded is not None and recorded not in qos._delivered:
+            # Not taken in (kombu could not read it, or its consumer does not acknowledge):
+            # kombu would not have recorded it, so neither does the batch.
+            _forget(qos, [recorded])
+    if failed is not None:
+        raise failed
     return True
+
+
+def _forget(qos: Any, tags: list[str]) -> None:
+    tags = [tag for tag in tags if tag]
+    if tags:
+        with qos.pipe_or_acquire() as pipe:
+            pipe.zrem(qos.unacked_index_key, *tags).hdel(qos.unacked_key, *tags).execute()
 
 
 def _append(self: Any, message: Any, delivery_tag: str) -> None:
@@ -185,7 +235,8 @@ def _append(self: Any, message: Any, delivery_tag: str) -> None:
 
 
 _kombu_append = kombu_redis.QoS.append
-_kombu_restore_unacked = kombu_redis.QoS.restore_unacked
+_kombu_restore_unacked_once = kombu_redis.QoS.restore_unacked_once
+_kombu_restore_visible = kombu_redis.QoS.restore_visible
 _kombu_on_poll_start = kombu_redis.MultiChannelPoller.on_poll_start
 _acks_lock = threading.Lock()
 
@@ -207,11 +258,8 @@ def _write_acks(qos: Any) -> None:
     with _acks_lock:
         tags: list[str] = qos.__dict__.get("_gmiq_acks") or []
         qos.__dict__["_gmiq_acks"] = []
-    if not tags:
-        return
     try:
-        with qos.pipe_or_acquire() as pipe:
-            pipe.zrem(qos.unacked_index_key, *tags).hdel(qos.unacked_key, *tags).execute()
+        _forget(qos, tags)
     except LOST_CHANNEL_ERRORS as exc:  # restored after the visibility timeout: a no-op
         log.warning("could not acknowledge %d messages after losing Redis: %r", len(tags), exc)
 
@@ -220,15 +268,23 @@ def _on_poll_start(self: Any) -> None:
     """kombu's `MultiChannelPoller.on_poll_start` (each turn of the consumer loop, and each
     synchronous read), after writing the acknowledgements gathered since the last turn."""
     for channel in list(self._channels):
-        _write_acks(channel.qos)
+        if channel._qos is not None:  # a channel that never consumed has nothing to write
+            _write_acks(channel._qos)
     _kombu_on_poll_start(self)
 
 
-def _restore_unacked(self: Any, client: Any = None) -> None:
+def _restore_unacked_once(self: Any, stderr: Any = None) -> Any:
     """kombu's restore as a channel closes, once its acknowledgements are written (else their
     messages would be restored too)."""
     _write_acks(self)
-    _kombu_restore_unacked(self, client)
+    return _kombu_restore_unacked_once(self, stderr)
+
+
+def _restore_visible(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """kombu's sweep of messages past the visibility timeout, once the acknowledgements are
+    written (else one acknowledged this turn could be put back)."""
+    _write_acks(self)
+    return _kombu_restore_visible(self, *args, **kwargs)
 
 
 def take_messages_in_batches(max_batch: int) -> None:
@@ -240,5 +296,6 @@ def take_messages_in_batches(max_batch: int) -> None:
     setattr(kombu_redis.Channel, "_brpop_read", _brpop_read)  # noqa: B010 - kombu's private
     setattr(kombu_redis.QoS, "append", _append)  # noqa: B010
     setattr(kombu_redis.QoS, "ack", _ack)  # noqa: B010
-    setattr(kombu_redis.QoS, "restore_unacked", _restore_unacked)  # noqa: B010
+    setattr(kombu_redis.QoS, "restore_unacked_once", _restore_unacked_once)  # noqa: B010
+    setattr(kombu_redis.QoS, "restore_visible", _restore_visible)  # noqa: B010
     setattr(kombu_redis.MultiChannelPoller, "on_poll_start", _on_poll_start)  # noqa: B010

@@ -80,10 +80,13 @@ def restore_sweep_s(visibility_timeout_s: float) -> float:
     return min(10.0, max(1.0, visibility_timeout_s / 4))
 
 
-def create_celery_app(settings: Settings) -> Celery:
-    """A configured app; the task module registers itself on import."""
-    # Batches first: the tolerance wraps the acknowledgement and restore they install.
-    take_messages_in_batches(settings.broker_batch)
+def create_celery_app(settings: Settings, consumer: bool = False) -> Celery:
+    """A configured app; the task module registers itself on import. `consumer`: this process
+    is a worker, whose Redis channels take messages in batches (`worker.broker_batches`); the
+    change is process-wide, so producers embedded in other services do not make it."""
+    if consumer:
+        # Batches first: the tolerance wraps the acknowledgement they install.
+        take_messages_in_batches(settings.broker_batch)
     _tolerate_lost_channel()
     app = Celery(
         "gmiq", broker=settings.broker_url, include=["worker.tasks", "worker.webhook_tasks"]

@@ -90,7 +90,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from worker.webhooks import WEBHOOK_QUEUE
 
     _require_services(settings)
-    app = create_celery_app(settings)
+    app = create_celery_app(settings, consumer=True)
     concurrency = args.concurrency or settings.worker_concurrency
     runtime = build_runtime(settings, app, concurrency)
     install_runtime(runtime)

@@ -39,18 +39,21 @@ def message(priority: str) -> JobMessage:
 @pytest.fixture
 def app(deployment: Callable[..., Settings]) -> Iterator[Celery]:
     settings = deployment()
-    made = create_celery_app(settings)
+    made = create_celery_app(settings, consumer=True)
     try:
         yield made
     finally:
         made.close()
-        take_messages_in_batches(settings.broker_batch)
+        take_messages_in_batches(1)  # process-wide: the tests after these read as kombu does
 
 
 @contextmanager
-def consuming(app: Celery, prefetch: int) -> Iterator[tuple[Any, list[Message]]]:
-    """A consumer of the job queues with `prefetch` unacknowledged messages at most; yields
-    its connection and the messages it has received so far."""
+def consuming(
+    app: Celery, prefetch: int, no_ack: bool = False
+) -> Iterator[tuple[Any, list[Message]]]:
+    """A consumer of the job queues with `prefetch` unacknowledged messages at most (0: no
+    limit); yields its connection and the messages it has received so far. The channel closes
+    on exit, as a worker's does when it stops."""
     received: list[Message] = []
     with app.connection_for_read() as connection:
         channel = connection.channel()
@@ -60,10 +63,13 @@ def consuming(app: Celery, prefetch: int) -> Iterator[tuple[Any, list[Message]]]
             queues=queues,
             callbacks=[lambda _body, delivered: received.append(delivered)],
             accept=["json"],
+            no_ack=no_ack,
         )
-        consumer.qos(prefetch_count=prefetch)
+        if prefetch:
+            consumer.qos(prefetch_count=prefetch)
         with consumer:
             yield connection, received
+        channel.close()
 
 
 def key_prefix(app: Celery) -> str:
@@ -164,5 +170,55 @@ def test_a_batch_of_one_is_kombus_own_read(app: Celery, redis_client: redis.Redi
         before = zrem_calls(redis_client)
         received[0].ack()
         assert zrem_calls(redis_client) - before == 1  # written at once
+    assert queue_depths(redis_client, prefix)["gmiq.normal"] == 2
+    assert redis_client.hlen(f"{prefix}unacked") == 0
+
+
+def test_acknowledgements_still_gathered_are_written_when_the_channel_closes(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    prefix = key_prefix(app)
+    for _ in range(3):
+        publish_job(app, message("normal"))
+
+    with consuming(app, prefetch=8) as (connection, received):
+        connection.drain_events(timeout=5)
+        for delivered in received:
+            delivered.ack()
+        assert redis_client.hlen(f"{prefix}unacked") == 3
+
+    # Written, not restored: nothing comes back to the queue.
+    depths = queue_depths(redis_client, prefix)
+    assert (depths["gmiq.normal"], depths["unacked"]) == (0, 0)
+    assert redis_client.zcard(f"{prefix}unacked_index") == 0
+
+
+def test_a_consumer_that_does_not_acknowledge_is_left_no_unacked_entries(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    prefix = key_prefix(app)
+    for _ in range(4):
+        publish_job(app, message("normal"))
+
+    with consuming(app, prefetch=8, no_ack=True) as (connection, received):
+        connection.drain_events(timeout=5)
+        assert len(received) == 4
+        # kombu records nothing for such a consumer; neither does the batch, so nothing
+        # would be restored as if it had been lost.
+        assert redis_client.hlen(f"{prefix}unacked") == 0
+        assert redis_client.zcard(f"{prefix}unacked_index") == 0
+
+
+def test_without_a_prefetch_limit_one_message_is_read_at_a_time_and_none_is_lost(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    prefix = key_prefix(app)
+    for _ in range(3):
+        publish_job(app, message("normal"))
+
+    with consuming(app, prefetch=0) as (connection, received):
+        connection.drain_events(timeout=5)
+        assert len(received) == 1
+        received[0].ack()
     assert queue_depths(redis_client, prefix)["gmiq.normal"] == 2
     assert redis_client.hlen(f"{prefix}unacked") == 0
