@@ -10,7 +10,9 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import redis
 import uvicorn
 from sqlalchemy import Engine, text
 
+from api_contracts.messages import JobMessage
 from tests.services import TestServices, delete_prefixed_keys, test_services
 from worker.db import make_engine
 from worker.producer import JobProducer
@@ -247,3 +250,17 @@ def count_rows(engine: Engine, table: str, where: str = "TRUE", **params: Any) -
                 text(f"SELECT count(*) FROM {table} WHERE {where}"), params
             ).scalar_one()
         )
+
+
+def job_message(priority: str = "normal") -> JobMessage:
+    """A job message as a producer publishes it (no row behind it)."""
+    return JobMessage.model_validate(
+        {
+            "job_id": uuid.uuid4(),
+            "kind": "chat",
+            "request": {"messages": [{"role": "user", "content": "hi"}]},
+            "model": "m",
+            "priority": priority,
+            "submitted_at": datetime.now(UTC),
+        }
+    )

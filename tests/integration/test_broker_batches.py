@@ -5,10 +5,8 @@ acknowledgements are written together; with a batch of one it is kombu's own pat
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -16,24 +14,11 @@ import redis
 from celery import Celery
 from kombu import Consumer, Message
 
-from api_contracts.messages import JobMessage
+from tests.conftest import job_message
 from worker.broker_batches import take_messages_in_batches
 from worker.celery_app import create_celery_app
 from worker.queues import JOB_QUEUES, publish_job, queue_depths
 from worker.settings import Settings
-
-
-def message(priority: str) -> JobMessage:
-    return JobMessage.model_validate(
-        {
-            "job_id": uuid.uuid4(),
-            "kind": "chat",
-            "request": {"messages": [{"role": "user", "content": "hi"}]},
-            "model": "m",
-            "priority": priority,
-            "submitted_at": datetime.now(UTC),
-        }
-    )
 
 
 @pytest.fixture
@@ -52,8 +37,8 @@ def consuming(
     app: Celery, prefetch: int, no_ack: bool = False
 ) -> Iterator[tuple[Any, list[Message]]]:
     """A consumer of the job queues with `prefetch` unacknowledged messages at most (0: no
-    limit); yields its connection and the messages it has received so far. The channel closes
-    on exit, as a worker's does when it stops."""
+    limit), after its first read; yields its connection and the messages it has received so
+    far. The channel closes on exit, as a worker's does when it stops."""
     received: list[Message] = []
     with app.connection_for_read() as connection:
         channel = connection.channel()
@@ -68,8 +53,14 @@ def consuming(
         if prefetch:
             consumer.qos(prefetch_count=prefetch)
         with consumer:
+            connection.drain_events(timeout=5)
             yield connection, received
         channel.close()
+
+
+def publish_normal(app: Celery, count: int) -> None:
+    for _ in range(count):
+        publish_job(app, job_message("normal"))
 
 
 def key_prefix(app: Celery) -> str:
@@ -86,13 +77,11 @@ def test_one_read_takes_up_to_the_prefetch_in_queue_order_and_records_each_as_ko
     app: Celery, redis_client: redis.Redis
 ) -> None:
     prefix = key_prefix(app)
-    normal = [message("normal") for _ in range(6)]
-    for job in [*normal, message("high")]:
+    normal = [job_message("normal") for _ in range(6)]
+    for job in [*normal, job_message("high")]:
         publish_job(app, job)
 
-    with consuming(app, prefetch=5) as (connection, received):
-        connection.drain_events(timeout=5)
-
+    with consuming(app, prefetch=5) as (_, received):
         assert len(received) == 5  # one read; kombu alone delivers one
         routing = [delivered.delivery_info["routing_key"] for delivered in received]
         assert routing == ["gmiq.high", *["gmiq.normal"] * 4]
@@ -121,11 +110,9 @@ def test_acknowledgements_are_written_together_at_the_next_turn_of_the_loop(
     app: Celery, redis_client: redis.Redis
 ) -> None:
     prefix = key_prefix(app)
-    for _ in range(5):
-        publish_job(app, message("normal"))
+    publish_normal(app, 5)
 
     with consuming(app, prefetch=8) as (connection, received):
-        connection.drain_events(timeout=5)
         assert len(received) == 5
         before = zrem_calls(redis_client)
         for delivered in received:
@@ -144,11 +131,9 @@ def test_messages_taken_in_a_batch_and_not_acknowledged_go_back_when_the_channel
     app: Celery, redis_client: redis.Redis
 ) -> None:
     prefix = key_prefix(app)
-    for _ in range(4):
-        publish_job(app, message("normal"))
+    publish_normal(app, 4)
 
-    with consuming(app, prefetch=8) as (connection, received):
-        connection.drain_events(timeout=5)
+    with consuming(app, prefetch=8) as (_, received):
         assert len(received) == 4
         assert queue_depths(redis_client, prefix)["gmiq.normal"] == 0
 
@@ -160,11 +145,9 @@ def test_messages_taken_in_a_batch_and_not_acknowledged_go_back_when_the_channel
 def test_a_batch_of_one_is_kombus_own_read(app: Celery, redis_client: redis.Redis) -> None:
     prefix = key_prefix(app)
     take_messages_in_batches(1)
-    for _ in range(3):
-        publish_job(app, message("normal"))
+    publish_normal(app, 3)
 
-    with consuming(app, prefetch=8) as (connection, received):
-        connection.drain_events(timeout=5)
+    with consuming(app, prefetch=8) as (_, received):
         assert len(received) == 1
         assert set(unacked(redis_client, prefix)) == {received[0].delivery_tag}
         before = zrem_calls(redis_client)
@@ -178,11 +161,9 @@ def test_acknowledgements_still_gathered_are_written_when_the_channel_closes(
     app: Celery, redis_client: redis.Redis
 ) -> None:
     prefix = key_prefix(app)
-    for _ in range(3):
-        publish_job(app, message("normal"))
+    publish_normal(app, 3)
 
-    with consuming(app, prefetch=8) as (connection, received):
-        connection.drain_events(timeout=5)
+    with consuming(app, prefetch=8) as (_, received):
         for delivered in received:
             delivered.ack()
         assert redis_client.hlen(f"{prefix}unacked") == 3
@@ -197,11 +178,9 @@ def test_a_consumer_that_does_not_acknowledge_is_left_no_unacked_entries(
     app: Celery, redis_client: redis.Redis
 ) -> None:
     prefix = key_prefix(app)
-    for _ in range(4):
-        publish_job(app, message("normal"))
+    publish_normal(app, 4)
 
-    with consuming(app, prefetch=8, no_ack=True) as (connection, received):
-        connection.drain_events(timeout=5)
+    with consuming(app, prefetch=8, no_ack=True) as (_, received):
         assert len(received) == 4
         # kombu records nothing for such a consumer; neither does the batch, so nothing
         # would be restored as if it had been lost.
@@ -213,11 +192,9 @@ def test_without_a_prefetch_limit_one_message_is_read_at_a_time_and_none_is_lost
     app: Celery, redis_client: redis.Redis
 ) -> None:
     prefix = key_prefix(app)
-    for _ in range(3):
-        publish_job(app, message("normal"))
+    publish_normal(app, 3)
 
-    with consuming(app, prefetch=0) as (connection, received):
-        connection.drain_events(timeout=5)
+    with consuming(app, prefetch=0) as (_, received):
         assert len(received) == 1
         received[0].ack()
     assert queue_depths(redis_client, prefix)["gmiq.normal"] == 2

@@ -7,27 +7,13 @@ import base64
 import json
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import redis
 
-from api_contracts.messages import JobMessage
+from tests.conftest import job_message
 from worker.celery_app import broker_key_prefix, create_celery_app
 from worker.queues import publish_job, queue_depths, reuse_broker_clients, warm_publisher
 from worker.settings import Settings
-
-
-def message(priority: str) -> JobMessage:
-    return JobMessage.model_validate(
-        {
-            "job_id": uuid.uuid4(),
-            "kind": "chat",
-            "request": {"messages": [{"role": "user", "content": "hi"}]},
-            "model": "m",
-            "priority": priority,
-            "submitted_at": datetime.now(UTC),
-        }
-    )
 
 
 def test_publishes_share_one_client_and_reach_the_prefixed_queues(
@@ -44,7 +30,7 @@ def test_publishes_share_one_client_and_reach_the_prefixed_queues(
                 assert first is second
                 assert first.global_keyprefix == broker_key_prefix(settings)
         for priority in ("high", "normal", "normal"):
-            publish_job(app, message(priority))
+            publish_job(app, job_message(priority))
     finally:
         app.close()
     depths = queue_depths(redis_client, broker_key_prefix(settings))
@@ -57,7 +43,7 @@ def test_a_job_message_shows_monitoring_its_id_not_the_prompt(
     settings = deployment()
     app = create_celery_app(settings)
     secret_prompt = f"confidential-{uuid.uuid4().hex}"
-    job = message("normal").model_copy(
+    job = job_message("normal").model_copy(
         update={"request": {"messages": [{"role": "user", "content": secret_prompt}]}}
     )
     try:
