@@ -154,9 +154,10 @@ def _take_batch(
             log.warning("dropped a message kombu cannot decode from %s", bytes_to_str(key))
             _forget(channel.qos, [_tag_of(item)] if stored else [])
             continue
-        more_entry = unacked_entry(more) if stored else None
+        # The script records only a message whose `delivery_tag` is a string.
+        recorded = more["properties"]["delivery_tag"] if stored else None
         queue = bytes_to_str(key)[len(prefix) :].rsplit(channel.sep, 1)[0]
-        batch.append((queue, more, None if more_entry is None else more_entry[0]))
+        batch.append((queue, more, recorded))
     return batch
 
 
