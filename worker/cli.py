@@ -53,11 +53,14 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     """Serve the HTTP API."""
     import uvicorn
 
+    from worker import heap
     from worker.service import build_api
 
     _require_services(settings)
+    app = build_api(settings, warm=True)
+    heap.settle(settings.gc_gen0_threshold)
     uvicorn.run(
-        build_api(settings, warm=True),
+        app,
         host=args.host or settings.api_host,
         port=args.port or settings.api_port,
         log_level=settings.log_level.lower(),
@@ -85,6 +88,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     one event loop."""
     from celery.signals import worker_ready, worker_shutting_down
 
+    from worker import heap
     from worker.celery_app import create_celery_app
     from worker.runtime import build_runtime, install_runtime
     from worker.webhooks import WEBHOOK_QUEUE
@@ -106,6 +110,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         threads += settings.webhook_concurrency
 
     def on_ready(**_: Any) -> None:
+        # Celery has built its consumer by now: what exists is what lasts.
+        heap.settle(settings.gc_gen0_threshold)
         runtime.start_background()
         runtime.announce()
 

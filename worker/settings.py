@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     # so no lease covers them); a copy redelivered for a job still running is a no-op.
     visibility_timeout_s: int = 300
     db_pool_size: int = 20
+    # Net allocations between young garbage collections in the API and worker processes, whose
+    # startup objects are frozen first (worker/heap.py); 0 keeps Python's defaults (700).
+    gc_gen0_threshold: int = Field(default=20_000, ge=0)
     # Per-job event streams (`GET /v1/jobs/{id}/events`): entries kept per job (approximately),
     # and how long a stream lives after its last event; later, followers get the final view
     # from Postgres only.
