@@ -104,7 +104,7 @@ def create_celery_app(settings: Settings, consumer: bool = False) -> Celery:
         # queue by name either way.) `queues.warm_publisher` drops the old bindings.
         task_queues=[Queue(name, routing_key=name) for name in (*JOB_QUEUES, WEBHOOK_QUEUE)],
         task_default_queue="gmiq.normal",
-        worker_prefetch_multiplier=1,
+        worker_prefetch_multiplier=settings.prefetch_multiplier,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         worker_send_task_events=False,

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     # trip, at most (never past its prefetch): Celery's one consumer thread doing both one by
     # one bound a process (docs/performance.md). 1: one at a time, as kombu does.
     broker_batch: int = Field(default=64, ge=1)
+    # Messages a worker process holds per Celery thread (Celery's prefetch multiplier): 4 lets
+    # one batched read take 64 messages with 16 claim threads, where 1 (16) made the consumer
+    # thread's round trips the bound at 1,000 in flight (docs/performance.md).
+    prefetch_multiplier: int = Field(default=4, ge=1)
     max_attempts: int = 5
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 60.0

@@ -107,27 +107,31 @@ def test_sigterm_while_the_loop_is_full_gives_waiting_messages_back(
     sim: SimulatorServer,
     redis_client: redis.Redis,
 ) -> None:
-    settings = deployment(shutdown_grace_s=20, claim_threads=2)
+    # Two claim threads and a prefetch of 4 per thread: of the four waiting messages two wait in
+    # a thread for the only slot and two in the pool's queue, taken and not yet started.
+    settings = deployment(shutdown_grace_s=20, claim_threads=2, prefetch_multiplier=4)
     worker = start_worker(settings, concurrency=1, queues="jobs")
     api = start_api(settings)
     sim.script([{"status": 200, "delay_ms": 2000}])
     first = submit(api, "first")
     wait_for(lambda: sim.requests(), 20, "the first call")
-    second = submit(api, "second")
+    waiting = [submit(api, f"waiting {n}") for n in range(4)]
     queue = f"{broker_key_prefix(settings)}gmiq.normal"
-    # A thread has taken the second message and waits for the only slot.
-    wait_for(lambda: redis_client.llen(queue) == 0, 20, "the second message to be taken")
+    wait_for(lambda: redis_client.llen(queue) == 0, 20, "the waiting messages to be taken")
 
     worker.process.terminate()
     assert worker.process.wait(timeout=20) == 0
     assert api.client.get(f"/v1/jobs/{first}").json()["status"] == "succeeded"
-    # Not claimed, not called: back on its queue for the next worker.
-    assert api.client.get(f"/v1/jobs/{second}").json()["status"] == "queued"
+    # Not claimed, not called: back on their queue for the next worker.
+    for job_id in waiting:
+        assert api.client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
     assert len(sim.requests()) == 1
-    assert redis_client.llen(queue) == 1
+    assert redis_client.llen(queue) == len(waiting)
 
     start_worker(settings, queues="jobs")
-    assert poll_terminal(api, second)["status"] == "succeeded"
+    for job_id in waiting:
+        assert poll_terminal(api, job_id)["status"] == "succeeded"
+    assert len(sim.requests()) == 1 + len(waiting)
 
 
 def test_claims_that_wait_together_are_made_in_one_statement(
@@ -138,7 +142,8 @@ def test_claims_that_wait_together_are_made_in_one_statement(
     engine: Engine,
     redis_client: redis.Redis,
 ) -> None:
-    settings = deployment()  # 16 takers
+    # 16 takers, each holding one message: the rest stay on the queue, to count below.
+    settings = deployment(prefetch_multiplier=1)
     start_worker(settings, concurrency=40, queues="jobs")
     api = start_api(settings)
     queue = f"{broker_key_prefix(settings)}gmiq.normal"

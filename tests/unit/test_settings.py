@@ -39,3 +39,12 @@ def test_gmi_api_key_is_read_under_both_names_and_never_shown(
 def test_base_url_gets_a_trailing_slash(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GMIQ_GMI_BASE_URL", "http://127.0.0.1:9/v1")
     assert Settings().gmi_base_url == "http://127.0.0.1:9/v1/"
+
+
+def test_a_worker_holds_its_prefetch_multiplier_per_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.celery_app import create_celery_app
+
+    monkeypatch.delenv("GMIQ_PREFETCH_MULTIPLIER", raising=False)
+    assert create_celery_app(Settings()).conf.worker_prefetch_multiplier == 4
+    monkeypatch.setenv("GMIQ_PREFETCH_MULTIPLIER", "1")
+    assert create_celery_app(Settings()).conf.worker_prefetch_multiplier == 1
