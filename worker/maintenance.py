@@ -17,7 +17,7 @@ from api_contracts.jobs import JobTimeouts
 from api_contracts.messages import JobMessage
 from worker import repository
 from worker.db import unit_of_work
-from worker.jobs import InFlight
+from worker.in_flight import InFlight
 from worker.models import Job
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from worker import repository
 from worker.call_loop import CallLoop
 from worker.db import make_engine, make_sessionmaker, open_connections
+from worker.in_flight import InFlight
 from worker.job_events import JobEventPublisher
-from worker.jobs import InFlight, JobRunner
+from worker.jobs import JobRunner
 from worker.llm_client import AsyncLLMClient, LLMClient
 from worker.maintenance import Maintenance, run_every
 from worker.queues import publish_job, redis_client_url, reuse_broker_clients
