@@ -3,6 +3,9 @@ work run in autocommit without leaking autocommit into the next transaction on t
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 
@@ -11,7 +14,7 @@ import redis
 from sqlalchemy import Engine, text
 
 from tests import services as service_fixtures
-from tests.conftest import count_rows
+from tests.conftest import REPO, count_rows, settings_env
 from worker import repository
 from worker.celery_app import broker_key_prefix, create_celery_app
 from worker.db import make_engine, make_sessionmaker, open_connections, unit_of_work
@@ -126,3 +129,35 @@ def test_an_api_built_warm_holds_its_pool_connected(deployment: Callable[..., Se
         assert api.state.engine.pool.checkedin() == settings.db_pool_size
     finally:
         api.state.engine.dispose()
+
+
+# `gmiq api` up to the moment it would serve: uvicorn.run reports the collector's state instead.
+_API_UNTIL_SERVE = """
+import gc, json, sys
+import uvicorn
+from worker import cli
+
+def report(app, **_):
+    print(json.dumps([gc.get_threshold()[0], gc.get_freeze_count()]))
+
+uvicorn.run = report
+sys.exit(cli.main(["api"]))
+"""
+
+
+def test_the_api_freezes_its_startup_objects_before_it_serves(
+    deployment: Callable[..., Settings],
+) -> None:
+    settings = deployment(gc_gen0_threshold=12_345)
+    done = subprocess.run(
+        [sys.executable, "-c", _API_UNTIL_SERVE],
+        env=settings_env(settings),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    threshold, frozen = json.loads(done.stdout.splitlines()[-1])
+    assert threshold == 12_345
+    assert frozen > 10_000  # FastAPI, SQLAlchemy, pydantic and Celery's objects, warmed
