@@ -32,6 +32,8 @@ class BenchConfig:
     poll_rows: int
     poll_requests: int
     poll_concurrency: int
+    # The paced polling phase's GETs/s; None: half the minimal handler's throughput.
+    poll_rate: float | None = None
     # Drain cases (bench.scaling), at the last latency: worker processes to compare, and the
     # single-process case's calls in flight and jobs.
     scale_workers: tuple[int, ...] = (1, 2, 4)

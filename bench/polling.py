@@ -1,5 +1,8 @@
 """The polling benchmark: `GET /v1/jobs/{id}` on gmiq's API against a minimal Starlette handler
-doing the same primary-key SELECT, with the same table, ids, client and concurrency."""
+doing the same primary-key SELECT, with the same table, ids, client and concurrency: first as
+fast as each serves (closed loop, the throughput), then both at the same fixed rate, half what
+the minimal handler served unless `--poll-rate` says (open loop, the latency at a moderate load;
+at saturation latency is only concurrency over throughput)."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from bench.traffic import TrafficResult, run_traffic
 
 _WARMUP_REQUESTS = 300
 _ROUNDS = 4
+_PACED_ROUNDS = 2
 _SAMPLE_IDS = 2000
 
 
@@ -52,7 +56,13 @@ def sample_ids(engine: Engine, count: int) -> list[str]:
 
 
 def _poll(
-    url: str, ids: list[str], requests: int, concurrency: int, deadline_s: float, client: str
+    url: str,
+    ids: list[str],
+    requests: int,
+    concurrency: int,
+    deadline_s: float,
+    client: str,
+    rate_per_s: float | None = None,
 ) -> TrafficResult:
     chooser = random.Random(6)
     picks = [chooser.choice(ids) for _ in range(requests)]
@@ -60,13 +70,20 @@ def _poll(
     def plan(index: int) -> tuple[str, str, bytes | None]:
         return "GET", f"{url}/v1/jobs/{picks[index]}", None
 
-    return run_traffic(plan, requests, concurrency, {}, deadline_s, client=client)
+    return run_traffic(plan, requests, concurrency, {}, deadline_s, rate_per_s, client)
 
 
 def measure_polling(
-    stack: Stack, rows: int, requests: int, concurrency: int, deadline_s: float, client: str
+    stack: Stack,
+    rows: int,
+    requests: int,
+    concurrency: int,
+    deadline_s: float,
+    client: str,
+    rate_per_s: float | None = None,
 ) -> dict[str, Any]:
-    """Requests per second of each server, and gmiq's ratio to the minimal one."""
+    """Requests per second of each server and gmiq's ratio to the minimal one; then the latency
+    of each at the same fixed rate (`rate_per_s`, default half the minimal one's throughput)."""
     engine = stack.monitor()
     ids = sample_ids(engine, _SAMPLE_IDS)
     if not ids:
@@ -76,6 +93,7 @@ def measure_polling(
     result: dict[str, Any] = {"rows": held, "requests": requests, "concurrency": concurrency}
     servers = start_polled_apis(stack, stack.env())
     totals = {name: _Totals() for name in servers}
+    paced = {name: _Totals() for name in servers}
     try:
         for _, url in servers.values():
             _poll(url, ids, _WARMUP_REQUESTS, concurrency, deadline_s, client)
@@ -85,6 +103,14 @@ def measure_polling(
                 cpu_before = cpu_seconds(child.pid)
                 traffic = _poll(url, ids, requests // _ROUNDS, concurrency, deadline_s, client)
                 totals[name].add(traffic, cpu_seconds(child.pid) - cpu_before)
+        rate = rate_per_s or max(1.0, round(totals["minimal"].requests_per_s / 2))
+        for _ in range(_PACED_ROUNDS):
+            for name, (child, url) in servers.items():
+                cpu_before = cpu_seconds(child.pid)
+                traffic = _poll(
+                    url, ids, requests // _PACED_ROUNDS, concurrency, deadline_s, client, rate
+                )
+                paced[name].add(traffic, cpu_seconds(child.pid) - cpu_before)
     finally:
         stack.stop(*(child for child, _ in servers.values()))
     for name, total in totals.items():
@@ -92,6 +118,7 @@ def measure_polling(
     result["ratio"] = result["gmiq"]["requests_per_s"] / max(
         result["minimal"]["requests_per_s"], 1e-9
     )
+    result["paced"] = {"rate_per_s": rate, **{name: t.summary() for name, t in paced.items()}}
     return result
 
 
@@ -114,9 +141,13 @@ class _Totals:
         self.cpu_s += cpu_s
         self.latencies_s += traffic.latencies_s
 
+    @property
+    def requests_per_s(self) -> float:
+        return self.ok / max(self.elapsed_s, 1e-9)
+
     def summary(self) -> dict[str, Any]:
         return {
-            "requests_per_s": self.ok / max(self.elapsed_s, 1e-9),
+            "requests_per_s": self.requests_per_s,
             "latency_ms": percentiles([s * 1000 for s in self.latencies_s]),
             "server_cpu_ms_per_request": self.cpu_s * 1000 / max(self.ok + self.failed, 1),
             "errors": self.failed,

@@ -185,6 +185,15 @@ def polling_table(polling: dict[str, Any]) -> str:
             f"{_fmt(side['server_cpu_ms_per_request'], 2)} ms/req   errors {side['errors']}"
         )
     lines.append(f"  gmiq / minimal = {_fmt(polling['ratio'], 2)}")
+    paced = polling.get("paced")
+    if paced:
+        lines.append(f"  both at {paced['rate_per_s']:,.0f} req/s (open loop):")
+        for name in ("gmiq", "minimal"):
+            latency = paced[name]["latency_ms"] or {}
+            lines.append(
+                f"  {name:<8}p50 {_fmt(latency.get('p50'), 1)} ms   p99 "
+                f"{_fmt(latency.get('p99'), 1)} ms   errors {paced[name]['errors']}"
+            )
     return "\n".join(lines)
 
 
@@ -230,7 +239,11 @@ def check_targets(
         add(f"{case.in_flight} in flight, worker RSS (MB)", case.peak_rss_mb, 300.0, False)
     if "ratio" in polling:
         add("polling gmiq / minimal", polling["ratio"], 0.7, True)
-        add("polling gmiq p99 (ms)", (polling["gmiq"]["latency_ms"] or {}).get("p99"), 20.0, False)
+        # The latency target is read at a moderate load, as the paced jobs' is: at saturation
+        # (the closed loop above) latency is only the connections over the throughput.
+        steady = polling["paced"]
+        p99 = (steady["gmiq"]["latency_ms"] or {}).get("p99")
+        add(f"polling gmiq p99 at {steady['rate_per_s']:,.0f}/s (ms)", p99, 20.0, False)
     return checks
 
 

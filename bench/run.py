@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--poll-rows", type=int, help="jobs in the table (default 100000)")
     parser.add_argument("--poll-requests", type=int, help="GETs per server (default 5000)")
     parser.add_argument("--poll-concurrency", type=int, default=32)
+    parser.add_argument(
+        "--poll-rate",
+        type=float,
+        help="GETs/s of the paced polling phase (default half the minimal handler's throughput)",
+    )
     parser.add_argument("--deadline", type=float, help="seconds a case may take to finish")
     parser.add_argument("--postgres", default=LOCAL_POSTGRES, help="admin URL (loopback only)")
     parser.add_argument("--redis", default=LOCAL_REDIS, help="Redis URL (loopback only)")
@@ -115,6 +120,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         poll_rows=args.poll_rows or (2000 if quick else 100_000),
         poll_requests=args.poll_requests or (800 if quick else 5000),
         poll_concurrency=args.poll_concurrency,
+        poll_rate=args.poll_rate,
         scale_workers=tuple(int(v) for v in args.scale_workers.split(",") if v.strip()),
         wide_concurrency=args.wide_concurrency,
         wide_jobs=args.wide_jobs or args.wide_concurrency * (2 if quick else 4),
@@ -175,6 +181,7 @@ def run(config: BenchConfig, stack: Stack) -> dict[str, Any]:
             config.poll_concurrency,
             config.deadline_s,
             config.client,
+            config.poll_rate,
         )
     checks = check_targets(by_latency, polling, drains)
     return {

@@ -163,10 +163,13 @@ async def _drive(
         while next_index < count:
             index = next_index
             next_index += 1
-            if rate_per_s:
-                # Open loop: request i leaves at start + i/rate, whatever the answers do.
-                await asyncio.sleep(max(0.0, start + index / rate_per_s - time.monotonic()))
             sent = time.monotonic()
+            if rate_per_s:
+                # Open loop: request i leaves at start + i/rate, whatever the answers do, and
+                # its latency counts from then: a request that left late because every lane
+                # was busy waited on the server too (no coordinated omission).
+                sent = start + index / rate_per_s
+                await asyncio.sleep(max(0.0, sent - time.monotonic()))
             try:
                 status, first_token_at = await send(*plan(index))
             except Exception as exc:  # every failure is counted, none stops the run
