@@ -8,8 +8,10 @@ database work, done in batches on a few threads of their own (`Batcher`): the cl
 while a claim runs are made in one statement, the answers that arrive while a record runs are
 stored in one transaction, so the round trips per job fall as the load grows, and the loop never
 waits on Postgres. A record is tried again while Postgres is briefly unreachable rather than
-paying for the call twice. Streamed calls run whole on a thread each, because their relay
-publishes every chunk with a blocking Redis client.
+paying for the call twice. Streamed calls wait on the same loop: the deltas each read makes
+visible go to followers through one more batcher (the events of every stream that read
+something while the last pipeline ran, in one Redis round trip), and the stream's outcome is
+recorded on a small pool of threads.
 
 A job handed over is acknowledged at once: from then on its lease in Postgres is what keeps it
 (renewed while it runs, taken back by the reaper if this process dies), as for any running job.
@@ -20,16 +22,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import uvloop
 
 from api_contracts.messages import JobMessage
 from worker.batcher import Batcher, BatcherClosedError
 from worker.db import DATABASE_UNREACHABLE
-from worker.jobs import JobRunner, StartedJob
+from worker.job_events import NamedEvent
+from worker.jobs import CallCancelledError, JobRunner, StartedJob
 from worker.llm_client import AsyncLLMClient, UpstreamReply, UpstreamTransportError
+from worker.stream_parsing import StreamError
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +46,12 @@ Reply = UpstreamReply | UpstreamTransportError
 _LANES = 2
 # Records per transaction at most: a bigger batch is one long statement holding its rows' locks.
 _MAX_RECORDS = 64
+# Streams' event batches per Redis pipeline at most.
+_MAX_EVENT_BATCHES = 256
 
 
 class CallLoop:
-    """At most `capacity` jobs in flight in this process: plain calls on the loop, streamed
-    ones on threads."""
+    """At most `capacity` jobs in flight in this process, all waiting on one event loop."""
 
     def __init__(
         self,
@@ -72,7 +79,12 @@ class CallLoop:
         self._records: Batcher[tuple[StartedJob, Reply], str] = Batcher(
             runner.finish_many, _LANES, _MAX_RECORDS, "gmiq-record"
         )
-        self._streams = ThreadPoolExecutor(capacity, thread_name_prefix="gmiq-stream")
+        # One lane: a stream awaits each batch before its next read, so its events stay in
+        # order; one lane also keeps every batch as large as the load makes it.
+        self._events: Batcher[tuple[uuid.UUID, Sequence[NamedEvent]], None] = Batcher(
+            runner.publish_events, 1, _MAX_EVENT_BATCHES, "gmiq-events"
+        )
+        self._stream_records = ThreadPoolExecutor(_LANES, thread_name_prefix="gmiq-stream-record")
 
     def start(self) -> None:
         """Run the loop and open the upstream client on it (aiohttp wants its own loop)."""
@@ -98,10 +110,7 @@ class CallLoop:
             if job is None:
                 self._release()
                 return "skipped"
-            if job.streamed:
-                self._streams.submit(self._stream, job)
-            else:
-                self._loop.call_soon_threadsafe(self._spawn, job)
+            self._loop.call_soon_threadsafe(self._spawn, job)
             return "started"
         except BaseException:
             self._release()
@@ -140,7 +149,8 @@ class CallLoop:
                 self._loop.close()
             self._claims.close()
             self._records.close()
-            self._streams.shutdown(wait=False, cancel_futures=True)
+            self._events.close()
+            self._stream_records.shutdown(wait=False, cancel_futures=True)
 
     async def _stop(self) -> None:
         for task in list(self._tasks):
@@ -163,19 +173,15 @@ class CallLoop:
             self._changed.notify_all()
 
     def _spawn(self, job: StartedJob) -> None:
-        task = self._loop.create_task(self._call(job))
+        task = self._loop.create_task(self._run(job))
         # The loop keeps only weak references to its tasks.
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _call(self, job: StartedJob) -> None:
-        assert self._client is not None  # opened by start()
+    async def _run(self, job: StartedJob) -> None:
         try:
-            try:
-                reply: Reply = await self._client.post(job.path, job.body, job.limits)
-            except UpstreamTransportError as exc:
-                reply = exc
-            log.info("job %s: %s", job.claim.id, await self._finish(job, reply))
+            outcome = await (self._stream(job) if job.streamed else self._call(job))
+            log.info("job %s: %s", job.claim.id, outcome)
         except Exception:
             # Not recorded: the job stays running until its lease runs out and the reaper
             # takes it back, like a job whose worker died.
@@ -183,6 +189,35 @@ class CallLoop:
         finally:
             self._runner.end(job)
             self._release()
+
+    async def _call(self, job: StartedJob) -> str:
+        assert self._client is not None  # opened by start()
+        try:
+            reply: Reply = await self._client.post(job.path, job.body, job.limits)
+        except UpstreamTransportError as exc:
+            reply = exc
+        return await self._finish(job, reply)
+
+    async def _stream(self, job: StartedJob) -> str:
+        assert self._client is not None  # opened by start()
+        relay = self._runner.open_stream(job)
+        publishing = self._runner.events is not None
+
+        async def feed(chunk: bytes) -> None:
+            events = relay.take(chunk)
+            if events and publishing:
+                await asyncio.wrap_future(self._events.submit((job.claim.id, events)))
+
+        started = self._runner.clock()
+        ended: Exception | UpstreamReply
+        try:
+            ended = await self._client.stream(job.path, job.body, feed, job.limits)
+        except (UpstreamTransportError, StreamError, CallCancelledError) as exc:
+            ended = exc
+        finish = partial(
+            self._runner.finish_streamed, job, relay, started, self._runner.clock(), ended
+        )
+        return await self._loop.run_in_executor(self._stream_records, finish)
 
     async def _finish(self, job: StartedJob, reply: Reply) -> str:
         """Record the answer. While Postgres is unreachable, try again with backoff for up to
@@ -204,12 +239,3 @@ class CallLoop:
                 )
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
-
-    def _stream(self, job: StartedJob) -> None:
-        try:
-            log.info("job %s: %s", job.claim.id, self._runner.run_streamed(job))
-        except Exception:
-            log.exception("job %s: outcome not recorded", job.claim.id)
-        finally:
-            self._runner.end(job)
-            self._release()

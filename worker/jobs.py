@@ -21,7 +21,7 @@ from worker import repository
 from worker.db import unit_of_work
 from worker.in_flight import InFlight
 from worker.job_events import JobEventPublisher, NamedEvent, state_event, update_event
-from worker.llm_client import LLMClient, UpstreamReply, UpstreamTransportError
+from worker.llm_client import UpstreamReply, UpstreamTransportError
 from worker.payloads import MalformedResponseError, build_upstream_request
 from worker.recording import Recorder, RetryConfig, read_success
 from worker.retry_policy import classify_status
@@ -56,7 +56,8 @@ class JobRunner:
     """Runs one job message to a recorded outcome; shared by all threads of a worker."""
 
     sessions: sessionmaker[Session]
-    client: LLMClient
+    # The upstream limits a call gets unless its job sets its own.
+    limits: CallLimits
     retry: RetryConfig
     worker_id: str
     lease_s: float
@@ -114,7 +115,7 @@ class JobRunner:
                 claim=claim,
                 path=path,
                 body=body,
-                limits=call_limits(self.client.limits, claim.timeouts, claim.time_left_s),
+                limits=call_limits(self.limits, claim.timeouts, claim.time_left_s),
                 expires=None if claim.time_left_s is None else self.clock() + claim.time_left_s,
                 streamed=claim.request.get("stream") is True,
             )
@@ -167,12 +168,6 @@ class JobRunner:
         )
         return outcomes
 
-    def run_streamed(self, job: StartedJob) -> str:
-        """Stream the call on this thread, publishing deltas, then record and announce."""
-        outcome = self._call_streamed(job.claim, job.path, job.body, job.limits, job.expires)
-        self._announce(job.claim, outcome)
-        return outcome
-
     def hand_back(self, job: StartedJob) -> None:
         """Give a claimed job back to the queue without calling it (this process is stopping)."""
         try:
@@ -185,35 +180,46 @@ class JobRunner:
         """The job is no longer this process's: its lease is not renewed from now on."""
         self.in_flight.discard(job.claim.id)
 
-    def _call_streamed(
+    def open_stream(self, job: StartedJob) -> StreamRelay:
+        """What reads a streamed call's body: assembles it and names the events to publish."""
+        return StreamRelay(make_assembler(job.claim.kind), job.claim, self.clock, self.in_flight)
+
+    def finish_streamed(
         self,
-        claim: repository.ClaimedJob,
-        path: str,
-        body: bytes,
-        limits: CallLimits,
-        expires: float | None,
+        job: StartedJob,
+        relay: StreamRelay,
+        started: float,
+        ended: float,
+        reply: UpstreamReply | Exception,
     ) -> str:
-        """Read the answer as it streams, publishing deltas; a broken stream is retried whole
-        (nothing of it is kept), like a transport error."""
-        relay = _StreamRelay(
-            make_assembler(claim.kind), claim, self._publish, self.clock, self.in_flight
-        )
-        started = self.clock()
+        """Record how a streamed call ended and announce it (blocking: Postgres). A broken
+        stream is retried whole (nothing of it is kept), like a transport error."""
+        claim, expires = job.claim, job.expires
         try:
-            reply = self.client.stream(path, body, relay.feed, limits)
+            if isinstance(reply, Exception):
+                raise reply
             if classify_status(reply.status_code, reply.headers) != "succeeded":
-                return self.recorder.record(claim, reply, expires=expires)
-            result = relay.assembler.finish()
+                outcome = self.recorder.record(claim, reply, expires=expires)
+            else:
+                result = relay.assembler.finish()
+                timed = partial(relay.timing, started, ended)
+                outcome = self.recorder.record_streamed(claim, reply.status_code, result, timed)
         except UpstreamTransportError as exc:
-            timing = relay.timing(started, self.clock(), None)
-            return self.recorder.record(claim, exc, timing, expires)
+            outcome = self.recorder.record(claim, exc, relay.timing(started, ended, None), expires)
         except StreamError as exc:
-            timing = relay.timing(started, self.clock(), None)
-            return self.recorder.record_broken_stream(claim, exc, timing, expires)
+            timing = relay.timing(started, ended, None)
+            outcome = self.recorder.record_broken_stream(claim, exc, timing, expires)
         except CallCancelledError:
-            return self.recorder.record_cancelled(claim)
-        timed = partial(relay.timing, started, self.clock())
-        return self.recorder.record_streamed(claim, reply.status_code, result, timed)
+            outcome = self.recorder.record_cancelled(claim)
+        self._announce(claim, outcome)
+        return outcome
+
+    def publish_events(
+        self, batches: Sequence[tuple[uuid.UUID, Sequence[NamedEvent]]]
+    ) -> list[None]:
+        """Several jobs' events in one round trip (a streamed call's deltas, gathered)."""
+        self._publish_many(batches)
+        return [None] * len(batches)
 
     def _publish(self, job_id: uuid.UUID, events: list[NamedEvent]) -> None:
         self._publish_many([(job_id, events)])
@@ -270,28 +276,28 @@ class CallCancelledError(Exception):
 
 
 @dataclass
-class _StreamRelay:
-    """Feeds the upstream body to the assembler; what each read makes visible is published to
-    followers as one batch (one Redis round trip), tagged with the attempt."""
+class StreamRelay:
+    """Feeds a streamed body to the assembler; what each read makes visible becomes one batch
+    of events for followers, tagged with the attempt."""
 
     assembler: StreamAssembler
     claim: repository.ClaimedJob
-    publish: Callable[[uuid.UUID, list[NamedEvent]], None]
     clock: Callable[[], float]
     in_flight: InFlight
     first_token_at: float | None = None
 
-    def feed(self, chunk: bytes) -> None:
-        # Between chunks is a safe point: nothing of the call is kept yet.
+    def take(self, chunk: bytes) -> list[NamedEvent]:
+        """The events this chunk makes visible; raises if the caller cancelled the job (between
+        chunks is a safe point: nothing of the call is kept yet) or the stream is broken."""
         if self.in_flight.is_cancelled(self.claim.id):
             raise CallCancelledError
         updates = self.assembler.feed(chunk)
         if not updates:
-            return
+            return []
         if self.first_token_at is None:
             self.first_token_at = self.clock()
         attempt = self.claim.attempt
-        self.publish(self.claim.id, [update_event(u, attempt) for u in merge_updates(updates)])
+        return [update_event(u, attempt) for u in merge_updates(updates)]
 
     def timing(self, started: float, finished: float, output_tokens: int | None) -> AttemptTiming:
         return measure_attempt(started, self.first_token_at, finished, output_tokens)

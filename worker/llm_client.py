@@ -1,22 +1,20 @@
 """HTTP calls to GMI's OpenAI-compatible API; transport errors become ours; never retries.
 
-Two clients, one behaviour: `LLMClient` (httpx) serves the worker's threads, streamed calls
-included; `AsyncLLMClient` (aiohttp) serves the plain calls a worker process keeps in flight on
-its event loop."""
+One aiohttp session per worker process, on its call loop, carries every call the process keeps
+in flight, plain and streamed."""
 
 from __future__ import annotations
 
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+import urllib.parse
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import aiohttp
-import httpx2
 
-from worker.call_deadline import call_deadline, deadline_transport, proxy_for
 from worker.timeouts import CallLimits
 
 
@@ -36,77 +34,6 @@ class UpstreamTransportError(Exception):
     def __init__(self, error_type: str, message: str) -> None:
         super().__init__(message)
         self.error_type = error_type
-
-
-class LLMClient:
-    """One pooled client per worker process, shared by all its threads."""
-
-    def __init__(
-        self, base_url: str, api_key: str | None, limits: CallLimits, max_connections: int
-    ) -> None:
-        self.limits = limits
-        pool = httpx2.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        )
-        self._client = httpx2.Client(
-            base_url=base_url,
-            headers=_default_headers(api_key),
-            transport=deadline_transport(pool, proxy_for(base_url)),
-            follow_redirects=False,
-        )
-
-    def post(self, path: str, body: bytes, limits: CallLimits | None = None) -> UpstreamReply:
-        """POST a JSON body; any answer is returned, transport failures raise ours."""
-        limits = limits or self.limits
-        started = time.monotonic()
-        with _transport_errors(limits, started), call_deadline(limits.total_s):
-            response = self._client.post(path, content=body, timeout=_timeout(limits))
-        return UpstreamReply(
-            status_code=response.status_code,
-            headers={k.lower(): v for k, v in response.headers.items()},
-            content=response.content,
-            elapsed_s=time.monotonic() - started,
-        )
-
-    def stream(
-        self,
-        path: str,
-        body: bytes,
-        on_chunk: Callable[[bytes], None],
-        limits: CallLimits | None = None,
-    ) -> UpstreamReply:
-        """POST for a server-sent event stream. A 2xx body goes to `on_chunk` as it arrives
-        (the reply's content is then empty); any other answer is read whole and returned.
-        Transport failures, mid-stream too, raise ours; `on_chunk`'s exceptions propagate."""
-        limits = limits or self.limits
-        started = time.monotonic()
-        with (
-            _transport_errors(limits, started),
-            call_deadline(limits.total_s),
-            self._client.stream(
-                "POST",
-                path,
-                content=body,
-                headers={"accept": "text/event-stream"},
-                timeout=_timeout(limits),
-            ) as response,
-        ):
-            content = b""
-            if 200 <= response.status_code < 300:
-                for chunk in response.iter_bytes():
-                    on_chunk(chunk)
-            else:
-                content = response.read()
-        return UpstreamReply(
-            status_code=response.status_code,
-            headers={k.lower(): v for k, v in response.headers.items()},
-            content=content,
-            elapsed_s=time.monotonic() - started,
-        )
-
-    def close(self) -> None:
-        """Close pooled connections."""
-        self._client.close()
 
 
 class AsyncLLMClient:
@@ -135,21 +62,49 @@ class AsyncLLMClient:
 
     async def post(self, path: str, body: bytes, limits: CallLimits | None = None) -> UpstreamReply:
         """POST a JSON body; any answer is returned, transport failures raise ours."""
+        return await self._call(path, body, None, limits)
+
+    async def stream(
+        self,
+        path: str,
+        body: bytes,
+        on_chunk: Callable[[bytes], Awaitable[None]],
+        limits: CallLimits | None = None,
+    ) -> UpstreamReply:
+        """POST for a server-sent event stream. A 2xx body goes to `on_chunk` as it arrives
+        (the reply's content is then empty); any other answer is read whole and returned.
+        Transport failures, mid-stream too, raise ours; `on_chunk`'s exceptions propagate.
+        The whole call's limit covers the stream to its end, however steadily it flows."""
+        return await self._call(path, body, on_chunk, limits)
+
+    async def _call(
+        self,
+        path: str,
+        body: bytes,
+        on_chunk: Callable[[bytes], Awaitable[None]] | None,
+        limits: CallLimits | None,
+    ) -> UpstreamReply:
         limits = limits or self.limits
         if limits.total_s <= 0:
             # aiohttp reads a zero timeout as no timeout at all.
             raise _out_of_time(limits)
         timeout = self._timeout if limits == self.limits else _client_timeout(limits)
         started = time.monotonic()
+        content = b""
         try:
             async with self._session.post(
                 self._prefix + path.lstrip("/"),
                 data=body,
+                headers=None if on_chunk is None else _STREAM_HEADERS,
                 timeout=timeout,
                 proxy=self._proxy,
                 allow_redirects=False,
             ) as response:
-                content = await response.read()
+                if on_chunk is None or not 200 <= response.status < 300:
+                    content = await response.read()
+                else:
+                    async for chunk in response.content.iter_any():
+                        await on_chunk(chunk)
         except TimeoutError as exc:
             # The whole call's timer raises a bare TimeoutError; aiohttp's connect and read
             # timeouts raise its ServerTimeoutError, and may fire at the limit too.
@@ -170,16 +125,14 @@ class AsyncLLMClient:
         await self._session.close()
 
 
+_STREAM_HEADERS = {"accept": "text/event-stream"}
+
+
 def _default_headers(api_key: str | None) -> dict[str, str]:
     headers = {"content-type": "application/json", "accept": "application/json"}
     if api_key:
         headers["authorization"] = f"Bearer {api_key}"
     return headers
-
-
-def _timeout(limits: CallLimits) -> httpx2.Timeout:
-    # Waiting for a pooled connection counts against the whole call too.
-    return httpx2.Timeout(limits.read_s, connect=limits.connect_s, pool=limits.total_s)
 
 
 def _client_timeout(limits: CallLimits) -> aiohttp.ClientTimeout:
@@ -196,7 +149,7 @@ def _client_timeout(limits: CallLimits) -> aiohttp.ClientTimeout:
 
 
 def _lowercased(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
-    # Repeated headers joined as httpx joins them, so both clients give the same reply.
+    # Repeated headers joined with ", " (RFC 9110 5.3), so a reply's headers are one dict.
     merged: dict[str, str] = {}
     for name, value in headers:
         key = name.lower()
@@ -204,17 +157,15 @@ def _lowercased(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     return merged
 
 
-@contextmanager
-def _transport_errors(limits: CallLimits, started: float) -> Iterator[None]:
-    """httpx's transport failures as ours; running out of the whole call's time says so."""
-    try:
-        yield
-    except httpx2.TimeoutException as exc:
-        if _ran_out(limits, started):
-            raise _out_of_time(limits) from exc
-        raise _failed("timeout", exc) from exc
-    except httpx2.TransportError as exc:
-        raise _failed("connection", exc) from exc
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment (`HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`, ...) names for `url`,
+    as httpx would pick it (aiohttp's `trust_env` would read ~/.netrc too)."""
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
 
 
 def _ran_out(limits: CallLimits, started: float) -> bool:
@@ -229,7 +180,8 @@ def _out_of_time(limits: CallLimits) -> UpstreamTransportError:
 
 
 def _socket_timeout(exc: aiohttp.ServerTimeoutError, limits: CallLimits) -> UpstreamTransportError:
-    # Named as httpx names them, so an attempt's error reads the same from either client.
+    # Named as httpx names them (the worker's client before this one), so stored attempts'
+    # errors keep one vocabulary.
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         message = f"ConnectTimeout: no connection within {limits.connect_s:g} s"
     else:

@@ -23,7 +23,7 @@ from worker.db import make_engine, make_sessionmaker, open_connections
 from worker.in_flight import InFlight
 from worker.job_events import JobEventPublisher
 from worker.jobs import JobRunner
-from worker.llm_client import AsyncLLMClient, LLMClient
+from worker.llm_client import AsyncLLMClient
 from worker.maintenance import Maintenance, run_every
 from worker.queues import publish_job, redis_client_url, reuse_broker_clients
 from worker.recording import RetryConfig
@@ -125,7 +125,6 @@ class WorkerRuntime:
         except Exception as exc:  # the database may be the reason we are stopping
             log.warning("could not hand back running jobs: %s", type(exc).__name__)
         self.calls.close()
-        self.runner.client.close()
         self.webhooks.close()
         if self.runner.events is not None:
             self.runner.events.close()
@@ -145,7 +144,6 @@ def build_runtime(settings: Settings, app: Celery, concurrency: int) -> WorkerRu
     limits = CallLimits(
         settings.connect_timeout_s, settings.read_timeout_s, settings.call_timeout_s
     )
-    client = LLMClient(settings.gmi_base_url, key, limits, settings.max_connections)
 
     def make_async_client() -> AsyncLLMClient:
         return AsyncLLMClient(settings.gmi_base_url, key, limits, settings.max_connections)
@@ -153,7 +151,7 @@ def build_runtime(settings: Settings, app: Celery, concurrency: int) -> WorkerRu
     in_flight = InFlight()
     runner = JobRunner(
         sessions=sessions,
-        client=client,
+        limits=limits,
         retry=RetryConfig(settings.max_attempts, settings.backoff_base_s, settings.backoff_cap_s),
         worker_id=worker_id,
         lease_s=settings.lease_s,

@@ -1,5 +1,5 @@
-"""The async upstream client against the simulator: the same replies and errors as the sync one,
-its headers and URLs, and many calls in flight on one pool."""
+"""The upstream client against the simulator: replies and errors, its headers and URLs, streamed
+answers, and many calls in flight on one pool."""
 
 from __future__ import annotations
 
@@ -96,6 +96,72 @@ def test_the_path_joins_the_base_urls_path_as_httpx_joins_it(
     base_url = sim.base_url if trailing_slash else sim.base_url.rstrip("/")
     assert _post_once(base_url, path).status_code == 200
     assert [r["path"] for r in sim.requests()] == ["/v1/chat/completions"]
+
+
+STREAMED = json.dumps(
+    {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+).encode()
+
+
+def _stream_once(
+    base_url: str, on_chunk_error: Exception | None = None
+) -> tuple[UpstreamReply | Exception, list[bytes]]:
+    chunks: list[bytes] = []
+
+    async def on_chunk(chunk: bytes) -> None:
+        chunks.append(chunk)
+        if on_chunk_error is not None:
+            raise on_chunk_error
+
+    async def call() -> UpstreamReply | Exception:
+        client = AsyncLLMClient(base_url, SIM_KEY, LIMITS, max_connections=2)
+        try:
+            try:
+                return await client.stream("chat/completions", STREAMED, on_chunk)
+            except Exception as exc:
+                return exc
+        finally:
+            await client.close()
+
+    return asyncio.run(call()), chunks
+
+
+def test_a_streamed_answer_goes_to_the_reader_as_it_arrives(sim: SimulatorServer) -> None:
+    reply, chunks = _stream_once(sim.base_url)
+    assert isinstance(reply, UpstreamReply)
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/event-stream")
+    assert reply.content == b""  # the body went to the reader
+    frames = b"".join(chunks).split(b"\n\n")
+    assert frames[0].startswith(b"data: {")
+    assert b"data: [DONE]" in frames
+    (request,) = sim.requests()
+    assert request["headers"]["accept"] == "text/event-stream"
+
+
+def test_a_streamed_call_refused_comes_back_whole_and_reads_nothing(sim: SimulatorServer) -> None:
+    sim.script([{"status": 429, "retry_after": "3"}])
+    reply, chunks = _stream_once(sim.base_url)
+    assert isinstance(reply, UpstreamReply)
+    assert reply.status_code == 429
+    assert reply.headers["retry-after"] == "3"
+    assert "error" in json.loads(reply.content)
+    assert chunks == []
+
+
+def test_what_the_stream_reader_raises_ends_the_call_as_it_is(sim: SimulatorServer) -> None:
+    stop = LookupError("the reader's own")
+    error, chunks = _stream_once(sim.base_url, stop)
+    assert error is stop
+    assert len(chunks) == 1
+
+
+def test_a_stream_cut_midway_is_a_connection_error(sim: SimulatorServer) -> None:
+    sim.script([{"kind": "reset"}])
+    error, chunks = _stream_once(sim.base_url)
+    assert chunks  # some of the stream came before the cut
+    assert isinstance(error, UpstreamTransportError)
+    assert error.error_type == "connection"
 
 
 def test_a_connection_cut_mid_answer_is_a_connection_error(sim: SimulatorServer) -> None:

@@ -1,19 +1,19 @@
-"""Both upstream clients honour the environment's proxy settings, as httpx does by default, even
-though the sync one brings its own (deadline-aware) transport and the async one is aiohttp."""
+"""The upstream client honours the environment's proxy settings as httpx does by default
+(`HTTP_PROXY`, `NO_PROXY`), though it is aiohttp and does not read ~/.netrc."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx2
 import pytest
 
 from tests.conftest import SIM_KEY
-from worker.llm_client import AsyncLLMClient, LLMClient
+from worker.llm_client import AsyncLLMClient
 from worker.simulator import SimulatorServer
 from worker.timeouts import CallLimits
 
@@ -63,15 +63,7 @@ def proxy() -> Iterator[ForwardProxy]:
         yield running
 
 
-def _call_sync(sim: SimulatorServer) -> int:
-    client = LLMClient(sim.base_url, SIM_KEY, LIMITS, max_connections=2)
-    try:
-        return client.post("chat/completions", BODY).status_code
-    finally:
-        client.close()
-
-
-def _call_async(sim: SimulatorServer) -> int:
+def _call(sim: SimulatorServer) -> int:
     async def call() -> int:
         client = AsyncLLMClient(sim.base_url, SIM_KEY, LIMITS, max_connections=2)
         try:
@@ -82,12 +74,7 @@ def _call_async(sim: SimulatorServer) -> int:
     return asyncio.run(call())
 
 
-each_client = pytest.mark.parametrize("call", [_call_sync, _call_async], ids=["sync", "async"])
-
-
-@each_client
 def test_calls_go_through_the_proxy_the_environment_names(
-    call: Callable[[SimulatorServer], int],
     sim: SimulatorServer,
     proxy: ForwardProxy,
     monkeypatch: pytest.MonkeyPatch,
@@ -95,20 +82,18 @@ def test_calls_go_through_the_proxy_the_environment_names(
     for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
-    assert call(sim) == 200
+    assert _call(sim) == 200
     assert proxy.seen == [sim.base_url.rstrip("/") + "/chat/completions"]
     assert len(sim.requests()) == 1
 
 
-@each_client
 def test_no_proxy_hosts_are_reached_directly(
-    call: Callable[[SimulatorServer], int],
     sim: SimulatorServer,
     proxy: ForwardProxy,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    assert call(sim) == 200
+    assert _call(sim) == 200
     assert proxy.seen == []
     assert len(sim.requests()) == 1
