@@ -1,6 +1,8 @@
 """The polling yardstick: a minimal Starlette app whose one handler does the same primary-key
 SELECT as `GET /v1/jobs/{id}` and returns the row as JSON. Same server (uvicorn, one process),
-same kind of handler (sync, in the threadpool), same pool size as gmiq's API.
+same kind of handler (sync, in the threadpool), same pool size as gmiq's API, and, like gmiq's
+reads, in autocommit: one round trip per request (`engine.connect()` alone would add a BEGIN
+and a ROLLBACK).
 
 Run: `python -m bench.minimal_api --port P` with GMIQ_DATABASE_URL (and GMIQ_DB_POOL_SIZE).
 """
@@ -26,7 +28,7 @@ _SELECT = text("SELECT * FROM job WHERE id = :id")
 
 def create_minimal_app(database_url: str, pool_size: int) -> Starlette:
     """One route: the job row by id, or 404."""
-    engine = create_engine(database_url, pool_size=pool_size)
+    engine = create_engine(database_url, pool_size=pool_size, isolation_level="AUTOCOMMIT")
 
     def get_job(request: Request) -> Response:
         try:

@@ -8,10 +8,13 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import Engine
+from psycopg.pq import TransactionStatus
+from sqlalchemy import Engine, event
 
+from api_contracts.jobs import JobSubmitRequest
 from tests.conftest import ApiServer, count_rows
 from worker.celery_app import broker_key_prefix
+from worker.producer import JobProducer
 from worker.queues import queue_depths
 from worker.settings import Settings
 
@@ -214,3 +217,25 @@ def test_health_and_docs(api_only: tuple[ApiServer, Settings]) -> None:
     ]:
         documented = paths[path][method]["responses"][status]["content"]["application/json"]
         assert documented["schema"] == {"$ref": "#/components/schemas/JobView"}
+
+
+def test_reads_are_one_statement_each_outside_any_transaction(
+    deployment: Callable[..., Settings], make_producer: Callable[[Settings], JobProducer]
+) -> None:
+    producer = make_producer(deployment())
+    view, _ = producer.submit(JobSubmitRequest(kind="chat", request=CHAT))
+    statuses: list[TransactionStatus] = []
+
+    def seen(connection: Any, *_: Any) -> None:
+        statuses.append(connection.connection.dbapi_connection.info.transaction_status)
+
+    engine = producer.sessions.kw["bind"]
+    event.listen(engine, "after_cursor_execute", seen)
+    try:
+        assert producer.get(view.id).id == view.id
+        assert producer.status(view.id) == "queued"
+        assert [job.id for job in producer.list(None, 5, None).data] == [view.id]
+    finally:
+        event.remove(engine, "after_cursor_execute", seen)
+    # No BEGIN before and no ROLLBACK after: each poll is one round trip to Postgres.
+    assert statuses == [TransactionStatus.IDLE] * 3
