@@ -76,6 +76,13 @@ def start_workers(stack: Stack, env: dict[str, str], concurrency: int, count: in
     return children
 
 
+def start_api(stack: Stack, env: dict[str, str]) -> tuple[Child, str]:
+    """`gmiq api` alone, once it answers; returns it and its root URL."""
+    api, url = _spawn_api(stack, env)
+    stack.wait_http(api, url + "/healthz", 90)
+    return api, url
+
+
 def start_worker_and_api(
     stack: Stack, env: dict[str, str], concurrency: int
 ) -> tuple[Child, Child, str]:
