@@ -209,13 +209,13 @@ class CallLoop:
                 await asyncio.wrap_future(self._events.submit((job.claim.id, events)))
 
         started = self._runner.clock()
-        ended: Exception | UpstreamReply
+        reply: UpstreamReply | Exception
         try:
-            ended = await self._client.stream(job.path, job.body, feed, job.limits)
+            reply = await self._client.stream(job.path, job.body, feed, job.limits)
         except (UpstreamTransportError, StreamError, CallCancelledError) as exc:
-            ended = exc
+            reply = exc
         finish = partial(
-            self._runner.finish_streamed, job, relay, started, self._runner.clock(), ended
+            self._runner.finish_streamed, job, relay, started, self._runner.clock(), reply
         )
         return await self._loop.run_in_executor(self._stream_records, finish)
 

@@ -49,7 +49,7 @@ class AsyncLLMClient:
         self._timeout = _client_timeout(limits)
         # httpx reads a base URL as a directory whatever its last character; so do we.
         self._prefix = base_url if base_url.endswith("/") else base_url + "/"
-        # Not trust_env: that would read ~/.netrc too, which the sync client does not.
+        # Not trust_env: that would read ~/.netrc too; the proxy comes from `proxy_for`.
         self._proxy = proxy_for(base_url)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections),
@@ -137,7 +137,7 @@ def _default_headers(api_key: str | None) -> dict[str, str]:
 
 def _client_timeout(limits: CallLimits) -> aiohttp.ClientTimeout:
     # aiohttp's `connect` would also bound the wait for a pooled connection, which counts
-    # against the whole call only (as in the sync client); `sock_connect` bounds connecting
+    # against the whole call only (`total`); `sock_connect` bounds connecting
     # alone. Without the infinite threshold aiohttp rounds timeouts of 5 s or more up to the
     # loop's next whole second, so a call could outlive its limit by up to a second.
     return aiohttp.ClientTimeout(

@@ -42,7 +42,7 @@ def publish_job(app: Celery, message: JobMessage) -> None:
     """Put a job message on its priority's queue; raises if Redis cannot take it.
 
     The message is Celery's own (`task_wire`), pushed with one LPUSH on a client kept per app:
-    what `app.send_task` does, for half its CPU. Monitoring (Flower, task events, logs) shows
+    what `app.send_task` does, for about half its CPU. Monitoring (Flower, task events, logs) shows
     the job id as the arguments, not the caller's prompt."""
     wire = _wire(app)
     queue = QUEUE_BY_PRIORITY[message.priority]
