@@ -23,7 +23,7 @@ import asyncio
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -51,7 +51,11 @@ _MAX_EVENT_BATCHES = 256
 
 
 class CallLoop:
-    """At most `capacity` jobs in flight in this process, all waiting on one event loop."""
+    """At most `capacity` upstream calls in flight in this process, all waiting on one event
+    loop. A call's slot is free again as soon as its answer is in: recording it (a batch
+    statement that may wait for a lane) does not hold the upstream idle. Jobs whose answers
+    wait to be recorded are bounded too, by as many again, so a slow Postgres stops the
+    process taking jobs instead of piling answers up in memory."""
 
     def __init__(
         self,
@@ -63,7 +67,9 @@ class CallLoop:
         self._runner = runner
         self._make_client = make_client
         self._capacity = capacity
+        # Jobs taken and not finished: those claiming or calling, and those being recorded.
         self._busy = 0
+        self._calling = 0
         self._closing = False
         self._changed = threading.Condition()
         self._loop = uvloop.new_event_loop()
@@ -105,15 +111,15 @@ class CallLoop:
             try:
                 job = self._claims.submit(message).result()
             except BatcherClosedError:  # closing: not claimed, so it goes back to its queue
-                self._release()
+                self._release(calling=True)
                 return "refused"
             if job is None:
-                self._release()
+                self._release(calling=True)
                 return "skipped"
             self._loop.call_soon_threadsafe(self._spawn, job)
             return "started"
         except BaseException:
-            self._release()
+            self._release(calling=True)
             if job is not None:  # claimed but not handed over: nobody will call it here
                 self._runner.hand_back(job)
             raise
@@ -125,7 +131,7 @@ class CallLoop:
             self._changed.notify_all()
 
     def in_flight(self) -> int:
-        """Jobs this process has taken and not yet finished."""
+        """Jobs this process has taken and not yet finished (recorded)."""
         with self._changed:
             return self._busy
 
@@ -161,15 +167,28 @@ class CallLoop:
 
     def _acquire(self) -> bool:
         with self._changed:
-            self._changed.wait_for(lambda: self._closing or self._busy < self._capacity)
+            self._changed.wait_for(
+                lambda: (
+                    self._closing
+                    or (self._calling < self._capacity and self._busy < 2 * self._capacity)
+                )
+            )
             if self._closing:
                 return False
+            self._calling += 1
             self._busy += 1
             return True
 
-    def _release(self) -> None:
+    def _called(self) -> None:
+        with self._changed:
+            self._calling -= 1
+            self._changed.notify_all()
+
+    def _release(self, *, calling: bool) -> None:
         with self._changed:
             self._busy -= 1
+            if calling:
+                self._calling -= 1
             self._changed.notify_all()
 
     def _spawn(self, job: StartedJob) -> None:
@@ -179,8 +198,12 @@ class CallLoop:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, job: StartedJob) -> None:
+        calling = True
         try:
-            outcome = await (self._stream(job) if job.streamed else self._call(job))
+            record = await (self._stream(job) if job.streamed else self._call(job))
+            self._called()
+            calling = False
+            outcome = await record()
             log.info("job %s: %s", job.claim.id, outcome)
         except Exception:
             # Not recorded: the job stays running until its lease runs out and the reaper
@@ -188,17 +211,19 @@ class CallLoop:
             log.exception("job %s: outcome not recorded", job.claim.id)
         finally:
             self._runner.end(job)
-            self._release()
+            self._release(calling=calling)
 
-    async def _call(self, job: StartedJob) -> str:
+    async def _call(self, job: StartedJob) -> Callable[[], Awaitable[str]]:
+        """Make the call; returns what records its outcome."""
         assert self._client is not None  # opened by start()
         try:
             reply: Reply = await self._client.post(job.path, job.body, job.limits)
         except UpstreamTransportError as exc:
             reply = exc
-        return await self._finish(job, reply)
+        return partial(self._finish, job, reply)
 
-    async def _stream(self, job: StartedJob) -> str:
+    async def _stream(self, job: StartedJob) -> Callable[[], Awaitable[str]]:
+        """Read the stream, relaying its deltas; returns what records its outcome."""
         assert self._client is not None  # opened by start()
         relay = self._runner.open_stream(job)
         publishing = self._runner.events is not None
@@ -217,7 +242,7 @@ class CallLoop:
         finish = partial(
             self._runner.finish_streamed, job, relay, started, self._runner.clock(), reply
         )
-        return await self._loop.run_in_executor(self._stream_records, finish)
+        return partial(self._loop.run_in_executor, self._stream_records, finish)
 
     async def _finish(self, job: StartedJob, reply: Reply) -> str:
         """Record the answer. While Postgres is unreachable, try again with backoff for up to

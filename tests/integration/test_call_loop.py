@@ -3,6 +3,7 @@ threads, and never more than its concurrency."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,6 +70,47 @@ def test_a_full_worker_takes_no_more_jobs_than_its_concurrency(
     arrivals = _arrivals(sim)
     # The last three were called only as the first three were answered.
     assert arrivals[3] - arrivals[0] >= 1.4
+
+
+def test_an_answer_waiting_to_be_recorded_does_not_hold_the_upstream_idle(
+    deployment: Callable[..., Settings],
+    start_worker: Callable[..., WorkerProcess],
+    start_api: Callable[[Settings], ApiServer],
+    sim: SimulatorServer,
+    engine: Engine,
+) -> None:
+    settings = deployment(claim_threads=2)
+    start_worker(settings, concurrency=1, queues="jobs")
+    api = start_api(settings)
+    sim.script([{"status": 200, "delay_ms": 1000}] * 2 + [{"status": 200, "delay_ms": 100}])
+
+    def lock(job_id: str) -> None:
+        blocker.execute(
+            text("SELECT 1 FROM job WHERE id = CAST(:id AS uuid) FOR UPDATE"), {"id": job_id}
+        )
+
+    with engine.connect() as blocker:
+        # Each lock is taken after the job's claim, before its answer: its record waits on it.
+        first = submit(api, "first")
+        wait_for(lambda: sim.requests(), 20, "the first call")
+        lock(first)
+        second, third = submit(api, "second"), submit(api, "third")
+        # One slot: the second call starts once the first call's slot is free, which must not
+        # wait for the first answer to be stored.
+        wait_for(lambda: len(sim.requests()) == 2, 20, "the second call, first not recorded")
+        assert api.client.get(f"/v1/jobs/{first}").json()["status"] == "running"
+        lock(second)
+        # Answers waiting to be recorded are bounded by as many again as the slots: with two
+        # waiting, the third call waits too (it would start 1 s after the second otherwise).
+        arrived = time.monotonic()
+        while time.monotonic() - arrived < 3.0:
+            assert len(sim.requests()) == 2
+            time.sleep(0.1)
+        assert api.client.get(f"/v1/jobs/{second}").json()["status"] == "running"
+        blocker.rollback()
+    for job_id in (first, second, third):
+        assert poll_terminal(api, job_id, timeout_s=30)["status"] == "succeeded"
+    assert len(sim.requests()) == 3
 
 
 @pytest.mark.timeout(180)
