@@ -2,19 +2,24 @@
 
 An LLM job is almost all waiting. With a thread per call, hundreds of threads wake for every
 byte and fight over the GIL, and the process tops out far below what the upstream allows (see
-docs/performance.md). Here Celery's few threads only take messages: each has its job claimed
-and hands the call over, so hundreds of calls wait on one loop. Claims and records are blocking
+docs/performance.md). Here Celery's few threads only take messages: each waits for a free slot
+and hands the job over, and its claim, call and record run as one task on the loop, so hundreds
+of calls wait there. A taker does not wait for the claim: at 1,000 in flight, 16 takers each
+waiting on a claim statement were what bounded a process. Claims and records are blocking
 database work, done in batches on a few threads of their own (`Batcher`): the claims that queue
 while a claim runs are made in one statement, the answers that arrive while a record runs are
 stored in one transaction, so the round trips per job fall as the load grows, and the loop never
 waits on Postgres. A record is tried again while Postgres is briefly unreachable rather than
-paying for the call twice. Streamed calls wait on the same loop: the deltas each read makes
+paying for the call twice, and a claim while Postgres is unreachable, holding its slot.
+Streamed calls wait on the same loop: the deltas each read makes
 visible go to followers through one more batcher (the events of every stream that read
 something while the last pipeline ran, in one Redis round trip), and the stream's outcome is
 recorded on a small pool of threads.
 
-A job handed over is acknowledged at once: from then on its lease in Postgres is what keeps it
-(renewed while it runs, taken back by the reaper if this process dies), as for any running job.
+A message handed over is acknowledged at once, before its claim: from then on Postgres keeps
+the job. If this process dies first, a job not yet claimed is still queued there, and the
+dispatcher publishes it again (`redispatch_after_s`); a claimed one has a lease, renewed while
+it runs and taken back by the reaper once it lapses, as for any running job.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ Reply = UpstreamReply | UpstreamTransportError
 # Two lanes each: a batch can start while another waits on Postgres, so one slow statement does
 # not hold up the rest; more lanes would only make the batches smaller.
 _LANES = 2
+# Claims per statement at most: every slot may be waiting on a claim at once.
+_MAX_CLAIMS = 64
 # Records per transaction at most: a bigger batch is one long statement holding its rows' locks.
 _MAX_RECORDS = 64
 # Streams' event batches per Redis pipeline at most.
@@ -62,7 +69,6 @@ class CallLoop:
         runner: JobRunner,
         make_client: Callable[[], AsyncLLMClient],
         capacity: int,
-        max_claims: int,
     ) -> None:
         self._runner = runner
         self._make_client = make_client
@@ -80,7 +86,7 @@ class CallLoop:
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: AsyncLLMClient | None = None
         self._claims: Batcher[JobMessage, StartedJob | None] = Batcher(
-            runner.start_many, _LANES, max_claims, "gmiq-claim"
+            runner.start_many, _LANES, _MAX_CLAIMS, "gmiq-claim"
         )
         self._records: Batcher[tuple[StartedJob, Reply], str] = Batcher(
             runner.finish_many, _LANES, _MAX_RECORDS, "gmiq-record"
@@ -101,28 +107,18 @@ class CallLoop:
         return self._make_client()
 
     def take(self, message: JobMessage) -> str:
-        """Claim the message's job and hand its call over; waits while every slot is taken, so
-        a full process takes no more jobs. Returns `started`, `skipped` (a duplicate) or
-        `refused` (the process is stopping: the message must go back to its queue)."""
+        """Hand the message's job over: its claim, call and record run on the loop. Waits
+        while every slot is taken, so a full process takes no more jobs; does not wait for the
+        claim, so a few takers keep the claim batches full. Returns `taken`, or `refused` (the
+        process is stopping: the message must go back to its queue)."""
         if not self._acquire():
             return "refused"
-        job: StartedJob | None = None
         try:
-            try:
-                job = self._claims.submit(message).result()
-            except BatcherClosedError:  # closing: not claimed, so it goes back to its queue
-                self._release(calling=True)
-                return "refused"
-            if job is None:
-                self._release(calling=True)
-                return "skipped"
-            self._loop.call_soon_threadsafe(self._spawn, job)
-            return "started"
-        except BaseException:
+            self._loop.call_soon_threadsafe(self._spawn, message)
+        except BaseException:  # the loop is closed
             self._release(calling=True)
-            if job is not None:  # claimed but not handed over: nobody will call it here
-                self._runner.hand_back(job)
             raise
+        return "taken"
 
     def stop_taking(self) -> None:
         """Refuse new jobs from now on; takers waiting for a slot give their messages back."""
@@ -191,27 +187,59 @@ class CallLoop:
                 self._calling -= 1
             self._changed.notify_all()
 
-    def _spawn(self, job: StartedJob) -> None:
-        task = self._loop.create_task(self._run(job))
+    def _spawn(self, message: JobMessage) -> None:
+        task = self._loop.create_task(self._run(message))
         # The loop keeps only weak references to its tasks.
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, job: StartedJob) -> None:
+    async def _run(self, message: JobMessage) -> None:
         calling = True
+        job: StartedJob | None = None
         try:
+            job = await self._claim(message)
+            if job is None:
+                log.info(
+                    "job %s: skipped (a duplicate, or not this process' to run)", message.job_id
+                )
+                return
             record = await (self._stream(job) if job.streamed else self._call(job))
             self._called()
             calling = False
             outcome = await record()
             log.info("job %s: %s", job.claim.id, outcome)
+        except BatcherClosedError:  # closing: the dispatcher publishes the job again
+            log.warning("job %s: not claimed, the process is stopping", message.job_id)
         except Exception:
-            # Not recorded: the job stays running until its lease runs out and the reaper
-            # takes it back, like a job whose worker died.
-            log.exception("job %s: outcome not recorded", job.claim.id)
+            if job is None:
+                # Not claimed: the job is still queued in Postgres, and the dispatcher
+                # publishes it again (`redispatch_after_s`).
+                log.exception("job %s: not claimed", message.job_id)
+            else:
+                # Not recorded: the job stays running until its lease runs out and the
+                # reaper takes it back, like a job whose worker died.
+                log.exception("job %s: outcome not recorded", job.claim.id)
         finally:
-            self._runner.end(job)
+            if job is not None:
+                self._runner.end(job)
             self._release(calling=calling)
+
+    async def _claim(self, message: JobMessage) -> StartedJob | None:
+        """Claim the message's job (None: a duplicate). While Postgres is unreachable, try
+        again with backoff, holding the slot, until the process stops."""
+        delay_s = 0.5
+        while True:
+            try:
+                return await asyncio.wrap_future(self._claims.submit(message))
+            except DATABASE_UNREACHABLE as exc:
+                log.warning(
+                    "job %s: not claimed yet (%s); trying again in %g s",
+                    message.job_id,
+                    type(exc).__name__,
+                    delay_s,
+                )
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 5.0)
 
     async def _call(self, job: StartedJob) -> Callable[[], Awaitable[str]]:
         """Make the call; returns what records its outcome."""

@@ -163,8 +163,6 @@ def build_runtime(settings: Settings, app: Celery, concurrency: int) -> WorkerRu
         runner,
         make_async_client,
         capacity=concurrency,
-        # Every taker may be waiting on the same claim.
-        max_claims=settings.claim_threads,
     )
     maintenance = Maintenance(
         sessions=sessions,

@@ -46,13 +46,13 @@ class Settings(BaseSettings):
     call_timeout_s: float = 1800.0
     max_connections: int = 1000
 
-    # Jobs in flight per worker process (plain calls wait on its event loop, streamed ones on
-    # threads).
+    # Upstream calls in flight per worker process, all waiting on its event loop. Answers
+    # waiting to be recorded do not hold a slot (up to as many again may wait).
     worker_concurrency: int = 200
-    # Celery threads per worker process that take job messages and have their jobs claimed;
-    # they hand each call over, so a few keep hundreds in flight. When many calls end at once,
-    # this many refill the slots together (their claims share one statement): 8 refilled too
-    # slowly to keep 200 in flight, 64 added contention (docs/performance.md).
+    # Celery threads per worker process that take job messages: each waits for a free slot and
+    # hands the job to the call loop, which claims it (the claims waiting together in one
+    # statement). With the taker waiting on the claim too, 8 refilled too slowly to keep 200 in
+    # flight and 16 bounded a process at 1,000 (docs/performance.md).
     claim_threads: int = 16
     # Messages a worker takes from Redis per round trip, and acknowledgements it writes per round
     # trip, at most (never past its prefetch): Celery's one consumer thread doing both one by
