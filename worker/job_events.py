@@ -37,6 +37,24 @@ _READ_BATCH = 500
 
 NamedEvent = tuple[str, BaseModel]
 
+# Appends a batch in one command: KEYS are the jobs' streams; ARGV is maxlen, ttl, then per
+# stream its number of events and each event's type and data. A pipeline of XADD and EXPIRE
+# per stream cost ~15 us of a worker's CPU per event (packing each command, parsing each
+# reply: half of a claim's time at 1,000 in flight); this costs ~4.
+_APPEND = """
+local maxlen, ttl, a = ARGV[1], ARGV[2], 3
+for _, key in ipairs(KEYS) do
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  for _ = 1, n do
+    redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'type', ARGV[a], 'data', ARGV[a + 1])
+    a = a + 2
+  end
+  redis.call('EXPIRE', key, ttl)
+end
+return #KEYS
+"""
+
 
 def events_key(prefix: str, job_id: uuid.UUID) -> str:
     """The Redis key of a job's event stream."""
@@ -67,7 +85,7 @@ def state_event(event: JobStateEvent) -> NamedEvent:
 
 
 class JobEventPublisher:
-    """Appends events to job streams; one pipeline (one round trip) per batch.
+    """Appends events to job streams; one script call (one round trip) per batch.
 
     After a Redis failure it drops events for `pause_s`: a dead Redis must not cost every
     streamed chunk a socket timeout, nor fill the log.
@@ -89,6 +107,7 @@ class JobEventPublisher:
         self._pause_s = pause_s
         self._clock = clock
         self._paused_until = 0.0
+        self._append = client.register_script(_APPEND)
 
     def publish(self, job_id: uuid.UUID, events: Sequence[NamedEvent]) -> None:
         """Append the events in order; Redis errors are logged, never raised."""
@@ -99,19 +118,15 @@ class JobEventPublisher:
         batches = [(job_id, events) for job_id, events in batches if events]
         if not batches or self._clock() < self._paused_until:
             return
+        keys: list[str] = []
+        args: list[str | int] = [self._maxlen, self._ttl_s]
+        for job_id, events in batches:
+            keys.append(events_key(self._prefix, job_id))
+            args.append(len(events))
+            for name, body in events:
+                args += (name, body.model_dump_json())
         try:
-            pipe = self._client.pipeline(transaction=False)
-            for job_id, events in batches:
-                key = events_key(self._prefix, job_id)
-                for name, body in events:
-                    pipe.xadd(
-                        key,
-                        {"type": name, "data": body.model_dump_json()},
-                        maxlen=self._maxlen,
-                        approximate=True,
-                    )
-                pipe.expire(key, self._ttl_s)
-            pipe.execute()
+            self._append(keys=keys, args=args)
         except (redis.RedisError, OSError) as exc:
             self._paused_until = self._clock() + self._pause_s
             log.warning(
