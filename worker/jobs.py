@@ -50,6 +50,10 @@ class StartedJob:
     expires: float | None
     streamed: bool
 
+    def running_events(self) -> list[NamedEvent]:
+        """What tells followers this attempt has started."""
+        return [state_event(JobStateEvent(status="running", attempt=self.claim.attempt))]
+
 
 @dataclass
 class JobRunner:
@@ -74,10 +78,11 @@ class JobRunner:
         self.recorder = Recorder(self.sessions, self.worker_id, self.retry, self.rand, self.clock)
 
     def start_many(self, messages: Sequence[JobMessage]) -> list[StartedJob | Exception | None]:
-        """Claim each message's job and build its upstream call (None for a duplicate); the
-        claims in one statement, the "running" events in one round trip. Per message, an
-        exception is that message's alone. A job started is in flight (its lease renewed)
-        until `end`."""
+        """Claim each message's job and build its upstream call (None for a duplicate), the
+        claims in one statement. Per message, an exception is that message's alone. A job
+        started is in flight (its lease renewed) until `end`. Its "running" event is the
+        caller's to publish (`StartedJob.running_events`), ahead of any other of its events:
+        off the claim, which a free slot waits for."""
         with unit_of_work(self.sessions, single_statement=True) as session:
             claimed = {
                 claim.id: claim
@@ -96,15 +101,6 @@ class JobRunner:
                 started.append(None if claim is None else self._prepare(claim))
             except Exception as exc:
                 started.append(exc)
-        running = [
-            (
-                job.claim.id,
-                [state_event(JobStateEvent(status="running", attempt=job.claim.attempt))],
-            )
-            for job in started
-            if isinstance(job, StartedJob)
-        ]
-        self._publish_many(running)
         return started
 
     def _prepare(self, claim: repository.ClaimedJob) -> StartedJob:

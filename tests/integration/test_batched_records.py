@@ -94,9 +94,12 @@ def select(engine: Engine, query: str, **params: Any) -> list[Row[Any]]:
 
 
 def started(runner: JobRunner, messages: list[JobMessage]) -> list[StartedJob]:
+    """Claims the messages' jobs and announces them, as a call loop does."""
     jobs = runner.start_many(messages)
     assert all(isinstance(job, StartedJob) for job in jobs), jobs
-    return [job for job in jobs if isinstance(job, StartedJob)]
+    claimed = [job for job in jobs if isinstance(job, StartedJob)]
+    runner.publish_events([(job.claim.id, job.running_events()) for job in claimed])
+    return claimed
 
 
 def test_one_claim_statement_claims_only_the_jobs_that_are_ours_to_claim(
@@ -165,10 +168,13 @@ def test_a_batch_of_answers_stores_each_job_whole_and_skips_one_no_longer_ours(
         assert count_rows(engine, "usage", where, id=job.claim.id) == stored
         closed = "job_id = :id AND outcome = 'succeeded' AND status_code = 200"
         assert count_rows(engine, "attempt", closed, id=job.claim.id) == stored
+    # The database is the whole session's: count only this batch's rows.
+    others = "job_id = ANY(:ids) AND job_id <> :id"
+    batch = {"ids": [m.job_id for m in messages], "id": with_tools.claim.id}
     assert count_rows(engine, "tool_call", "job_id = :id", id=with_tools.claim.id) == 1
-    assert count_rows(engine, "tool_call", "job_id <> :id", id=with_tools.claim.id) == 0
+    assert count_rows(engine, "tool_call", others, **batch) == 0
     assert count_rows(engine, "webhook_event", "job_id = :id", id=with_tools.claim.id) == 1
-    assert count_rows(engine, "webhook_event", "job_id <> :id", id=with_tools.claim.id) == 0
+    assert count_rows(engine, "webhook_event", others, **batch) == 0
 
     prefix = runtime.settings.redis_prefix
     for job in (with_tools, plain):
