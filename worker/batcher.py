@@ -10,6 +10,7 @@ nothing; under load batches grow by themselves, and the round trips per job fall
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -59,8 +60,9 @@ class Batcher(Generic[Item, Outcome]):
             self._changed.notify()
         return future
 
-    def close(self) -> None:
-        """Run no more batches; items still queued fail with `BatcherClosedError`."""
+    def close(self, wait_s: float = 0.0) -> None:
+        """Run no more batches; items still queued fail with `BatcherClosedError`. Waits up to
+        `wait_s` for the batches already running to end."""
         with self._changed:
             self._closed = True
             dropped = list(self._pending)
@@ -70,6 +72,10 @@ class Batcher(Generic[Item, Outcome]):
             # A caller may have cancelled it (an asyncio task wrapping it was cancelled).
             if future.set_running_or_notify_cancel():
                 future.set_exception(BatcherClosedError("closed"))
+        deadline = time.monotonic() + wait_s
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def _take(self) -> list[tuple[Item, Future[Outcome]]] | None:
         """The next batch, without the items their callers cancelled; None once closed."""

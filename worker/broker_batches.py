@@ -22,6 +22,11 @@ message redelivered is a no-op (its job is claimed or done): at-least-once, as b
 are also written before kombu restores anything (a channel closing, the visibility sweep), so
 an acknowledged message is never put back.
 
+A task may hold its acknowledgement's write (`hold_ack`): the job task's message is
+acknowledged when it is handed to the call loop, before its claim, and written only once the
+claim has run (`release_ack`), so a message that is still its job's only copy stays
+restorable.
+
 Where kombu would have recorded nothing, the batch leaves nothing: a message its consumer does
 not take in (no acknowledgements, or kombu cannot read it) loses its entry, and a consumer
 without a prefetch limit reads one message at a time. The change is process-wide (kombu's
@@ -240,15 +245,50 @@ _kombu_restore_unacked_once = kombu_redis.QoS.restore_unacked_once
 _kombu_restore_visible = kombu_redis.QoS.restore_visible
 _kombu_on_poll_start = kombu_redis.MultiChannelPoller.on_poll_start
 _acks_lock = threading.Lock()
+# Tasks whose acknowledgement is not written yet even once given (see `hold_ack`): task id to
+# the channel's QoS and the delivery tag, once acknowledged.
+_held: dict[str, tuple[Any, str] | None] = {}
+
+
+def hold_ack(task_id: str) -> None:
+    """Keep the task's message in the unacknowledged set, even once acknowledged, until
+    `release_ack`. A job message is acknowledged when its task hands it to the call loop,
+    before its claim; a Redis-only producer's job has no row until that claim, so its message
+    must stay restorable until then. A held message whose process dies or stops first is
+    restored after the visibility timeout (by any worker's sweep), and a redelivered job
+    message is a no-op once its job is claimed: at-least-once, as before."""
+    with _acks_lock:
+        _held.setdefault(task_id, None)
+
+
+def release_ack(task_id: str) -> None:
+    """The held acknowledgement may be written now (at the consumer's next turn)."""
+    with _acks_lock:
+        given = _held.pop(task_id, None)
+        if given is not None:
+            qos, delivery_tag = given
+            qos.__dict__.setdefault("_gmiq_acks", []).append(delivery_tag)
+
+
+def _task_id(qos: Any, delivery_tag: str) -> str | None:
+    message = qos._delivered.get(delivery_tag)
+    headers = getattr(message, "headers", None) or {}
+    task_id = headers.get("id")
+    return task_id if isinstance(task_id, str) else None
 
 
 def _ack(self: Any, delivery_tag: str) -> None:
-    """kombu's `QoS.ack`, with the Redis write left for `_write_acks`; the prefetch slot is
-    freed now."""
+    """kombu's `QoS.ack`, with the Redis write left for `_write_acks` (or, for a held task,
+    for `release_ack`); the prefetch slot is freed now."""
+    task_id = _task_id(self, delivery_tag)
     with _acks_lock:
-        pending: list[str] = self.__dict__.setdefault("_gmiq_acks", [])
-        pending.append(delivery_tag)
-        full = len(pending) >= _max_batch
+        if task_id is not None and task_id in _held:
+            _held[task_id] = (self, delivery_tag)
+            full = False
+        else:
+            pending: list[str] = self.__dict__.setdefault("_gmiq_acks", [])
+            pending.append(delivery_tag)
+            full = len(pending) >= _max_batch
     kombu_virtual.QoS.ack(self, delivery_tag)
     if full:
         _write_acks(self)
@@ -259,6 +299,8 @@ def _write_acks(qos: Any) -> None:
     with _acks_lock:
         tags: list[str] = qos.__dict__.get("_gmiq_acks") or []
         qos.__dict__["_gmiq_acks"] = []
+    if not tags:
+        return
     try:
         _forget(qos, tags)
     except LOST_CHANNEL_ERRORS as exc:  # restored after the visibility timeout: a no-op

@@ -13,13 +13,16 @@ waits on Postgres. A record is tried again while Postgres is briefly unreachable
 paying for the call twice, and a claim while Postgres is unreachable, holding its slot.
 Streamed calls wait on the same loop: the deltas each read makes
 visible go to followers through one more batcher (the events of every stream that read
-something while the last pipeline ran, in one Redis round trip), and the stream's outcome is
+something while the last batch was written, in one Redis round trip), and the stream's outcome is
 recorded on a small pool of threads.
 
-A message handed over is acknowledged at once, before its claim: from then on Postgres keeps
-the job. If this process dies first, a job not yet claimed is still queued there, and the
-dispatcher publishes it again (`redispatch_after_s`); a claimed one has a lease, renewed while
-it runs and taken back by the reaper once it lapses, as for any running job.
+A message handed over is acknowledged at once, so Celery's prefetch moves on, but the task
+holds the acknowledgement's write to Redis until the claim has run (`settled`, see
+`broker_batches.hold_ack`): a Redis-only producer's job has no row until its claim, so its
+message stays in the unacknowledged set until then, and a process that dies or stops first
+leaves it to be restored after the visibility timeout. From the claim on, Postgres keeps the
+job: its lease is renewed while it runs and taken back by the reaper once it lapses, as for any
+running job.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ _LANES = 2
 _MAX_CLAIMS = 64
 # Records per transaction at most: a bigger batch is one long statement holding its rows' locks.
 _MAX_RECORDS = 64
-# Streams' event batches per Redis pipeline at most.
+# Streams' event batches per Redis round trip (one script call) at most.
 _MAX_EVENT_BATCHES = 256
 
 
@@ -106,15 +109,18 @@ class CallLoop:
     async def _open(self) -> AsyncLLMClient:
         return self._make_client()
 
-    def take(self, message: JobMessage) -> str:
+    def take(self, message: JobMessage, settled: Callable[[], None] = lambda: None) -> str:
         """Hand the message's job over: its claim, call and record run on the loop. Waits
         while every slot is taken, so a full process takes no more jobs; does not wait for the
-        claim, so a few takers keep the claim batches full. Returns `taken`, or `refused` (the
-        process is stopping: the message must go back to its queue)."""
+        claim, so a few takers keep the claim batches full. `settled` is called once the claim
+        has run (claimed, a duplicate, or failed for good), not if the process stops first:
+        until then the message is the only copy of a Redis-only producer's job. Returns
+        `taken`, or `refused` (the process is stopping: the message must go back to its
+        queue)."""
         if not self._acquire():
             return "refused"
         try:
-            self._loop.call_soon_threadsafe(self._spawn, message)
+            self._loop.call_soon_threadsafe(self._spawn, message, settled)
         except BaseException:  # the loop is closed
             self._release(calling=True)
             raise
@@ -125,6 +131,12 @@ class CallLoop:
         with self._changed:
             self._closing = True
             self._changed.notify_all()
+
+    def stop_claiming(self, wait_s: float) -> None:
+        """Make no more claims, and wait up to `wait_s` for those running: a claim that
+        landed after the jobs in flight were handed back would leave its job running under a
+        stopped process until its lease ran out. The jobs not claimed stay restorable."""
+        self._claims.close(wait_s)
 
     def in_flight(self) -> int:
         """Jobs this process has taken and not yet finished (recorded)."""
@@ -187,17 +199,24 @@ class CallLoop:
                 self._calling -= 1
             self._changed.notify_all()
 
-    def _spawn(self, message: JobMessage) -> None:
-        task = self._loop.create_task(self._run(message))
+    def _spawn(self, message: JobMessage, settled: Callable[[], None]) -> None:
+        task = self._loop.create_task(self._run(message, settled))
         # The loop keeps only weak references to its tasks.
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, message: JobMessage) -> None:
+    async def _run(self, message: JobMessage, settled: Callable[[], None]) -> None:
         calling = True
         job: StartedJob | None = None
         try:
-            job = await self._claim(message)
+            try:
+                job = await self._claim(message)
+            except BatcherClosedError:
+                raise  # stopping: not settled, the message stays restorable
+            except Exception:
+                settled()  # failed for good: as a task that raised, acknowledged
+                raise
+            settled()
             if job is None:
                 log.info(
                     "job %s: skipped (a duplicate, or not this process' to run)", message.job_id
@@ -212,14 +231,12 @@ class CallLoop:
             outcome = await record()
             log.info("job %s: %s", job.claim.id, outcome)
         except BatcherClosedError:
-            # Stopping: a job not claimed is published again by the dispatcher, one not
+            # Stopping: a job not claimed keeps its message restorable (not settled), one not
             # recorded is taken back when its lease lapses.
             log.warning("job %s: stopped before its end", message.job_id)
         except Exception:
             if job is None:
-                # Not claimed: the job is still queued in Postgres, and the dispatcher
-                # publishes it again (`redispatch_after_s`).
-                log.exception("job %s: not claimed", message.job_id)
+                log.exception("job %s: not started", message.job_id)
             else:
                 # Not recorded: the job stays running until its lease runs out and the
                 # reaper takes it back, like a job whose worker died.

@@ -52,9 +52,10 @@ def _tolerate_lost_channel() -> None:
             setattr(qos, name, _tolerant(method, what))
 
 
-# A database outage must not eat a message (a Redis-only producer's message is the only copy
-# of its job): Celery republishes it with backoff until Postgres answers again. The job and the
-# webhook task both take these options.
+# A database outage must not eat a message: Celery republishes it with backoff until Postgres
+# answers again. The job and the webhook task both take these options; the job task raises
+# only if its message is malformed, since its claim waits out an outage on the call loop (its
+# message held restorable meanwhile, `broker_batches.hold_ack`).
 RETRY_WHILE_DATABASE_DOWN: dict[str, Any] = {
     "acks_late": True,
     "ignore_result": True,

@@ -33,6 +33,10 @@ from worker.webhook_delivery import WebhookDeliverer, build_deliverer, publish_d
 
 log = logging.getLogger(__name__)
 
+# How long a stopping worker waits for the claim statements already running (one statement
+# each; past this, Postgres is hanging and their jobs are left to the reaper).
+_CLAIMS_END_S = 5.0
+
 
 @dataclass
 class WorkerRuntime:
@@ -103,6 +107,7 @@ class WorkerRuntime:
             with self.stopping:
                 if self.celery_stopped.is_set():  # `shutdown` has it in hand
                     return
+                self.calls.stop_claiming(_CLAIMS_END_S)
                 released = self.maintenance.release_in_flight()
                 log.warning("shutdown grace over: handed back %d running jobs", released)
                 os.kill(os.getpid(), signal.SIGQUIT)
@@ -118,6 +123,7 @@ class WorkerRuntime:
         if not self.calls.drain(max(0.0, grace_ends - time.monotonic())):
             log.warning("shutdown grace over with %d calls in flight", self.calls.in_flight())
         self.stop.set()
+        self.calls.stop_claiming(_CLAIMS_END_S)
         try:
             released = self.maintenance.release_in_flight()
             if released:

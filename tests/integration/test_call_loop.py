@@ -11,11 +11,14 @@ import pytest
 import redis
 from sqlalchemy import Engine, text
 
-from tests.conftest import ApiServer, WorkerProcess, wait_for
+from api_contracts.jobs import JobSubmitRequest
+from tests.conftest import ApiServer, WorkerProcess, count_rows, wait_for
 from tests.integration.test_pipeline import poll_terminal
 from tests.integration.test_reliability import submit
 from tests.outages import stoppable_postgres
-from worker.celery_app import broker_key_prefix
+from worker.celery_app import broker_key_prefix, restore_sweep_s
+from worker.db import make_engine
+from worker.producer import JobProducer
 from worker.settings import Settings
 from worker.simulator import SimulatorServer
 
@@ -171,6 +174,51 @@ def test_a_job_taken_while_postgres_is_down_is_claimed_once_it_is_back(
     assert len(sim.requests()) == 2
 
 
+@pytest.mark.timeout(180)
+def test_a_redis_only_job_not_yet_claimed_when_its_worker_stops_is_not_lost(
+    deployment: Callable[..., Settings],
+    start_worker: Callable[..., WorkerProcess],
+    make_producer: Callable[[Settings], JobProducer],
+    sim: SimulatorServer,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    with stoppable_postgres(tmp_path) as postgres:
+        settings = deployment(database_url=postgres.url, shutdown_grace_s=2)
+        engine = make_engine(postgres.url)
+        worker = start_worker(settings, queues="jobs")
+        producer = make_producer(settings)
+        postgres.stop()
+        # A producer with only Redis: the message is the job until a worker's claim writes it.
+        job_id = producer.enqueue_only(
+            JobSubmitRequest(kind="chat", request={"messages": [{"role": "user", "content": "hi"}]})
+        )
+        wait_for(
+            lambda: f"job {job_id}: not claimed yet" in worker.log_path.read_text(),
+            20,
+            "the worker to take the message and find Postgres down",
+        )
+        # Stopped while the claim waits for Postgres: the message was handed over (and
+        # acknowledged to Celery), but is still restorable, not gone.
+        worker.process.terminate()
+        worker.process.wait(timeout=30)
+        prefix = broker_key_prefix(settings)
+        assert (
+            redis_client.llen(f"{prefix}gmiq.normal") + redis_client.hlen(f"{prefix}unacked") == 1
+        )
+
+        postgres.start()
+        start_worker(settings, queues="jobs")
+        # Restored after the visibility timeout by the next worker's sweep.
+        wait_for(
+            lambda: count_rows(engine, "job", "id = :j AND status = 'succeeded'", j=job_id),
+            settings.visibility_timeout_s + restore_sweep_s(settings.visibility_timeout_s) + 15,
+            "the job to run on the next worker",
+        )
+        engine.dispose()
+    assert len(sim.requests()) == 1
+
+
 def test_sigterm_while_the_loop_is_full_gives_waiting_messages_back(
     deployment: Callable[..., Settings],
     start_worker: Callable[..., WorkerProcess],
@@ -224,22 +272,26 @@ def test_claims_that_wait_together_are_made_in_one_statement(
         # it with a batch each, and the other claims queue behind them.
         blocker.execute(text("LOCK TABLE attempt IN SHARE MODE"))
         job_ids = _submit_slow_jobs(api, sim, 40, delay_ms=100)
+        # With a prefetch of 16, the last messages leave the queue only once the takers have
+        # handed 24 over without their claims.
         wait_for(
-            lambda: (
-                redis_client.llen(f"{prefix}gmiq.normal") == 0
-                and redis_client.hlen(f"{prefix}unacked") == 0
-            ),
+            lambda: redis_client.llen(f"{prefix}gmiq.normal") == 0,
             20,
-            "every message to be taken and acknowledged, none claimed",
+            "every message to be taken, none claimed",
         )
         assert not sim.requests()
+        # Handed over, but not claimed: every message is still restorable.
+        assert redis_client.hlen(f"{prefix}unacked") == 40
         blocker.rollback()
     for job_id in job_ids:
         assert poll_terminal(api, job_id, timeout_s=30)["status"] == "succeeded"
+    # Claimed: their acknowledgements are written.
+    wait_for(lambda: redis_client.hlen(f"{prefix}unacked") == 0, 10, "the acknowledgements")
 
     # Postgres' now() is the time its statement's transaction began: attempts opened by one
-    # claim statement share `started_at`. The 40 claims took three statements: the two that
-    # waited on the lock, then the rest queued behind them as one. One per claim would be 40.
+    # claim statement share `started_at`. The 40 claims took three statements when every
+    # message was handed over before the lock went (the two that waited on it, then the rest
+    # queued behind them as one); the last few taken may add one each. One per claim: 40.
     with engine.connect() as connection:
         statements = connection.execute(
             text(
@@ -248,4 +300,4 @@ def test_claims_that_wait_together_are_made_in_one_statement(
             ),
             {"ids": job_ids},
         ).scalar_one()
-    assert statements <= 3
+    assert statements <= 6

@@ -132,3 +132,20 @@ def test_an_item_its_caller_cancelled_is_skipped_and_does_not_break_the_lane_or_
         queued.result(WAIT_S)
     gate.opened.set()
     batcher.close()
+
+
+def test_closing_can_wait_for_the_batch_already_running() -> None:
+    gate, batcher, first = held(max_batch=8)
+    closed = threading.Event()
+
+    def close() -> None:
+        batcher.close(wait_s=WAIT_S)
+        closed.set()
+
+    threading.Thread(target=close, daemon=True).start()
+    # Running, so not failed: close waits for it rather than returning while it may still land.
+    assert not closed.wait(0.3)
+    assert not first.done()
+    gate.opened.set()
+    assert closed.wait(WAIT_S)
+    assert first.result() == 0
