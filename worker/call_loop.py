@@ -76,7 +76,7 @@ class CallLoop:
         self._runner = runner
         self._make_client = make_client
         self._capacity = capacity
-        # Jobs taken and not finished: those claiming or calling, and those being recorded.
+        # Jobs taken and not yet recorded; of those, the ones claiming or calling hold a slot.
         self._busy = 0
         self._calling = 0
         self._closing = False
