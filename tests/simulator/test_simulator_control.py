@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx2
 
@@ -53,6 +54,26 @@ def test_rejected_and_unparsable_requests_are_logged_too(sim: SimulatorServer) -
     assert outcomes == {"/v1/chat/completions": {"401": 1}, "/v1/responses": {"400": 1}}
 
 
+def test_stats_count_the_most_model_calls_answered_at_once(sim: SimulatorServer) -> None:
+    sim.script([{"status": 200, "delay_ms": 500}] * 5)
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    headers = {"Authorization": f"Bearer {sim.config.api_key}"}
+
+    def call(_: int) -> int:
+        response = httpx2.post(sim.base_url + "chat/completions", json=body, headers=headers)
+        return response.status_code
+
+    # Five at once, each held 500 ms: all five are open together.
+    with ThreadPoolExecutor(5) as pool:
+        assert list(pool.map(call, range(5))) == [200] * 5
+    assert sim.stats()["in_flight_peak"] == 5
+    # One at a time after a reset: never more than one open.
+    sim.reset()
+    for n in range(3):
+        assert call(n) == 200
+    assert sim.stats()["in_flight_peak"] == 1
+
+
 def test_reset_clears_log_stats_and_pending_script(sim: SimulatorServer) -> None:
     sim.script([{"status": 500}, {"status": 500}])
     httpx2.post(
@@ -64,7 +85,7 @@ def test_reset_clears_log_stats_and_pending_script(sim: SimulatorServer) -> None
     sim.reset()
 
     assert sim.requests() == []
-    assert sim.stats() == {"total": 0, "paths": {}, "pending_script": 0}
+    assert sim.stats() == {"total": 0, "paths": {}, "in_flight_peak": 0, "pending_script": 0}
 
 
 def test_a_401_does_not_consume_a_scripted_answer(sim: SimulatorServer) -> None:

@@ -130,6 +130,13 @@ class _Api:
 
     async def _model_call(self, request: Request, endpoint: Endpoint) -> Response:
         body = await self._record(request)
+        self.state.log.opened()
+        try:
+            return await self._answer(request, endpoint, body)
+        finally:
+            self.state.log.closed()
+
+    async def _answer(self, request: Request, endpoint: Endpoint, body: Any) -> Response:
         denied = self._auth_error(request)
         if denied is not None:
             # Refused calls never reach the model, so they leave the script untouched.

@@ -16,6 +16,9 @@ class RequestLog:
     def __init__(self, limit: int) -> None:
         self._entries: deque[dict[str, Any]] = deque(maxlen=limit)
         self._outcomes: Counter[tuple[str, str]] = Counter()
+        # Model calls being answered now, and the most there were at once.
+        self._open = 0
+        self._open_peak = 0
 
     def record(
         self, method: str, path: str, headers: Mapping[str, str], body: object, received_at: float
@@ -31,6 +34,15 @@ class RequestLog:
             }
         )
 
+    def opened(self) -> None:
+        """A model call arrived (tests check how many a worker keeps in flight at once)."""
+        self._open += 1
+        self._open_peak = max(self._open_peak, self._open)
+
+    def closed(self) -> None:
+        """A model call was answered (a streamed one: its stream began)."""
+        self._open -= 1
+
     def count(self, path: str, outcome: str) -> None:
         """Count how a request was answered (a status code, or a fault kind such as "reset")."""
         self._outcomes[(path, outcome)] += 1
@@ -40,15 +52,21 @@ class RequestLog:
         return list(self._entries)
 
     def stats(self) -> dict[str, Any]:
-        """Return `{"total": n, "paths": {path: {"total": n, "outcomes": {outcome: n}}}}`."""
+        """Return `{"total": n, "paths": {path: {"total": n, "outcomes": {outcome: n}}},
+        "in_flight_peak": n}`: the most model calls that were being answered at once."""
         paths: dict[str, dict[str, Any]] = {}
         for (path, outcome), number in sorted(self._outcomes.items()):
             entry = paths.setdefault(path, {"total": 0, "outcomes": {}})
             entry["total"] += number
             entry["outcomes"][outcome] = number
-        return {"total": sum(self._outcomes.values()), "paths": paths}
+        return {
+            "total": sum(self._outcomes.values()),
+            "paths": paths,
+            "in_flight_peak": self._open_peak,
+        }
 
     def clear(self) -> None:
         """Forget every request and count."""
         self._entries.clear()
         self._outcomes.clear()
+        self._open_peak = self._open
