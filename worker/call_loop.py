@@ -31,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
@@ -40,6 +42,7 @@ import uvloop
 
 from api_contracts.messages import JobMessage
 from worker.batcher import Batcher, BatcherClosedError
+from worker.claim_ahead import ClaimPace
 from worker.db import DATABASE_UNREACHABLE
 from worker.job_events import NamedEvent
 from worker.jobs import CallCancelledError, JobRunner, StartedJob
@@ -64,9 +67,12 @@ _MAX_EVENT_BATCHES = 256
 class CallLoop:
     """At most `capacity` upstream calls in flight in this process, all waiting on one event
     loop. A call's slot is free again as soon as its answer is in: recording it (a batch
-    statement that may wait for a lane) does not hold the upstream idle. Jobs whose answers
-    wait to be recorded are bounded too, by as many again, so a slow Postgres stops the
-    process taking jobs instead of piling answers up in memory."""
+    statement that may wait for a lane) does not hold the upstream idle, and the next call
+    need not wait for its claim either: a full process claims a few jobs ahead, as many as it
+    expects slots to free during a claim (`claim_ahead`), and a slot that frees goes to the
+    first of them at once. Jobs whose answers wait to be recorded are bounded too, by as many
+    again, so a slow Postgres stops the process taking jobs instead of piling answers up in
+    memory."""
 
     def __init__(
         self,
@@ -77,9 +83,15 @@ class CallLoop:
         self._runner = runner
         self._make_client = make_client
         self._capacity = capacity
-        # Jobs taken and not yet recorded; of those, the ones claiming or calling hold a slot.
+        # Jobs taken and not yet recorded; of those, the ones calling hold a slot, and the ones
+        # claiming (or claimed, waiting for a slot) will.
         self._busy = 0
         self._calling = 0
+        self._claiming = 0
+        # Claimed ahead of the free slots, at most a quarter of them (see `claim_ahead`).
+        self._pace = ClaimPace(capacity // 4)
+        # Claimed jobs waiting for a slot, first come first served (on the loop's thread).
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._closing = False
         # One lock, two conditions: a freed slot wakes one taker, not all of them and the
         # drain. Waking every taker for every call that ended (hundreds a second, each taker
@@ -117,22 +129,25 @@ class CallLoop:
 
     def take(self, message: JobMessage, settled: Callable[[], None] = lambda: None) -> str:
         """Hand the message's job over: its claim, call and record run on the loop. Waits
-        while every slot is taken, so a full process takes no more jobs; does not wait for the
-        claim, so a few takers keep the claim batches full. `settled` is called once the claim
+        while every slot is taken and the jobs claimed ahead are as many as slots are expected
+        to free during a claim, so a full process takes no more jobs than it will start within
+        about a claim's time; does not wait for the claim, so a few takers keep the claim
+        batches full. `settled` is called once the claim
         has run (claimed, a duplicate, or failed for good), not if the process stops first:
         until then the message is the only copy of a Redis-only producer's job. Returns
         `taken`, or `refused` (the process is stopping: the message must go back to its
         queue)."""
         if not self._acquire():
             return "refused"
+        taken_at = time.monotonic()
         # The claim is queued from here, not from the loop: it runs while the loop picks the
         # job up, instead of after (the hand-over took 4-6 ms a job at 200 in flight).
         claim = self._claims.submit(message)
         try:
-            self._loop.call_soon_threadsafe(self._spawn, message, claim, settled)
+            self._loop.call_soon_threadsafe(self._spawn, message, claim, taken_at, settled)
         except BaseException:  # the loop is closed
             claim.cancel()
-            self._release(calling=True)
+            self._release("claiming")
             raise
         return "taken"
 
@@ -188,46 +203,90 @@ class CallLoop:
             self._slot_freed.wait_for(
                 lambda: (
                     self._closing
-                    or (self._calling < self._capacity and self._busy < 2 * self._capacity)
+                    or (
+                        self._calling + self._claiming < self._capacity + self._pace.ahead
+                        and self._busy < 2 * self._capacity
+                    )
                 )
             )
             if self._closing:
                 return False
-            self._calling += 1
+            self._claiming += 1
             self._busy += 1
             return True
 
+    def _free_slot(self) -> None:
+        """(Holding the lock, on the loop.) The slot goes to the first claimed job waiting."""
+        self._pace.slot_freed()
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():  # not cancelled
+                waiter.set_result(None)
+                self._claiming -= 1
+                break
+        else:
+            self._calling -= 1
+        # Every taker waits for the same thing: if the one woken cannot go, none could.
+        self._slot_freed.notify()
+
     def _called(self) -> None:
         with self._lock:
-            self._calling -= 1
-            self._slot_freed.notify()
+            self._free_slot()
 
-    def _release(self, *, calling: bool) -> None:
+    async def _take_slot(self) -> None:
+        """Wait for a call slot (a claimed job, on the loop)."""
+        with self._lock:
+            if self._calling < self._capacity and not self._slot_waiters:
+                self._calling += 1
+                self._claiming -= 1
+                return
+            waiter = self._loop.create_future()
+            self._slot_waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            with self._lock:
+                if waiter.done() and not waiter.cancelled():  # handed a slot: pass it on
+                    self._claiming += 1
+                    self._free_slot()
+            raise
+
+    def _release(self, phase: str) -> None:
         with self._lock:
             self._busy -= 1
-            if calling:
-                self._calling -= 1
-            # Every taker waits for the same thing: if the one woken cannot go, none could.
-            self._slot_freed.notify()
+            if phase == "calling":
+                self._free_slot()
+            else:
+                if phase == "claiming":
+                    self._claiming -= 1
+                self._slot_freed.notify()
             if self._busy == 0:
                 self._emptied.notify_all()
 
     def _spawn(
-        self, message: JobMessage, claim: Future[StartedJob | None], settled: Callable[[], None]
+        self,
+        message: JobMessage,
+        claim: Future[StartedJob | None],
+        taken_at: float,
+        settled: Callable[[], None],
     ) -> None:
-        task = self._loop.create_task(self._run(message, claim, settled))
+        task = self._loop.create_task(self._run(message, claim, taken_at, settled))
         # The loop keeps only weak references to its tasks.
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _run(
-        self, message: JobMessage, claim: Future[StartedJob | None], settled: Callable[[], None]
+        self,
+        message: JobMessage,
+        claim: Future[StartedJob | None],
+        taken_at: float,
+        settled: Callable[[], None],
     ) -> None:
-        calling = True
+        phase = "claiming"
         job: StartedJob | None = None
         try:
             try:
-                job = await self._claim(message, claim)
+                job = await self._claim(message, claim, taken_at)
             except BatcherClosedError:
                 raise  # stopping: not settled, the message stays restorable
             except Exception:
@@ -239,10 +298,12 @@ class CallLoop:
                     "job %s: skipped (a duplicate, or not this process' to run)", message.job_id
                 )
                 return
+            await self._take_slot()
+            phase = "calling"
             announced = self._announce(job)
             record = await (self._stream(job) if job.streamed else self._call(job))
             self._called()
-            calling = False
+            phase = "recording"
             if announced is not None:  # its "running" event goes before its outcome's
                 await asyncio.wrap_future(announced)
             outcome = await record()
@@ -261,7 +322,7 @@ class CallLoop:
         finally:
             if job is not None:
                 self._runner.end(job)
-            self._release(calling=calling)
+            self._release(phase)
 
     def _announce(self, job: StartedJob) -> Future[None] | None:
         """Publish the job's "running" event, off the claim: a free slot waits for claims,
@@ -272,14 +333,15 @@ class CallLoop:
         return self._events.submit((job.claim.id, job.running_events()))
 
     async def _claim(
-        self, message: JobMessage, claim: Future[StartedJob | None]
+        self, message: JobMessage, claim: Future[StartedJob | None], taken_at: float
     ) -> StartedJob | None:
         """The message's job as `claim` claimed it (None: a duplicate). While Postgres is
-        unreachable, claim again with backoff, holding the slot, until the process stops."""
+        unreachable, claim again with backoff, until the process stops."""
         delay_s = 0.5
+        outage = False
         while True:
             try:
-                return await asyncio.wrap_future(claim)
+                job = await asyncio.wrap_future(claim)
             except DATABASE_UNREACHABLE as exc:
                 log.warning(
                     "job %s: not claimed yet (%s); trying again in %g s",
@@ -290,6 +352,11 @@ class CallLoop:
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
                 claim = self._claims.submit(message)
+                outage = True
+                continue
+            if not outage:  # a claim that waited out an outage says nothing of their pace
+                self._pace.claimed(taken_at)
+            return job
 
     async def _call(self, job: StartedJob) -> Callable[[], Awaitable[str]]:
         """Make the call; returns what records its outcome."""

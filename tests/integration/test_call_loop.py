@@ -75,6 +75,38 @@ def test_a_full_worker_takes_no_more_jobs_than_its_concurrency(
     assert arrivals[3] - arrivals[0] >= 1.4
 
 
+def test_a_full_worker_turning_calls_over_fast_never_has_more_in_flight_than_its_concurrency(
+    deployment: Callable[..., Settings],
+    start_worker: Callable[..., WorkerProcess],
+    make_producer: Callable[[Settings], JobProducer],
+    sim: SimulatorServer,
+    engine: Engine,
+) -> None:
+    # Short calls free slots hundreds of times a second, so the worker claims jobs ahead of
+    # its free slots (`worker.claim_ahead`): the calls themselves must still never exceed its
+    # concurrency.
+    settings = deployment()
+    producer = make_producer(settings)
+    jobs = 300
+    sim.script([{"status": 200, "delay_ms": 30}] * jobs)
+    request = {"messages": [{"role": "user", "content": "hi"}]}
+    # Queued before the worker starts: it is full from its first call to its last wave.
+    ids = [
+        str(producer.submit(JobSubmitRequest(kind="chat", request=request))[0].id)
+        for _ in range(jobs)
+    ]
+    start_worker(settings, concurrency=8, queues="jobs")
+
+    ours = "id = ANY(CAST(:ids AS uuid[]))"
+    wait_for(
+        lambda: count_rows(engine, "job", f"{ours} AND status = 'succeeded'", ids=ids) == jobs,
+        60,
+        "every job to succeed",
+    )
+    assert len(sim.requests()) == jobs
+    assert sim.stats()["in_flight_peak"] == 8
+
+
 def test_an_answer_waiting_to_be_recorded_does_not_hold_the_upstream_idle(
     deployment: Callable[..., Settings],
     start_worker: Callable[..., WorkerProcess],
