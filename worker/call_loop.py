@@ -298,9 +298,11 @@ class CallLoop:
                     "job %s: skipped (a duplicate, or not this process' to run)", message.job_id
                 )
                 return
+            # Announced as claimed (a job claimed ahead is running), so the events of a claim
+            # batch go out together; a slot waits for neither.
+            announced = self._announce(job)
             await self._take_slot()
             phase = "calling"
-            announced = self._announce(job)
             record = await (self._stream(job) if job.streamed else self._call(job))
             self._called()
             phase = "recording"
@@ -325,9 +327,10 @@ class CallLoop:
             self._release(phase)
 
     def _announce(self, job: StartedJob) -> Future[None] | None:
-        """Publish the job's "running" event, off the claim: a free slot waits for claims,
-        and the events' round trip was half of a claim's time at 1,000 in flight. Through the
-        events lane, so a stream's deltas follow it."""
+        """Publish the job's "running" event once it is claimed, outside the claim statement
+        (the events' round trip was half of a claim's time at 1,000 in flight). Through the
+        events lane, so a stream's deltas follow it, and the events of one claim batch go out
+        in one round trip."""
         if self._runner.events is None:
             return None
         return self._events.submit((job.claim.id, job.running_events()))
