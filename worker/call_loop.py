@@ -36,6 +36,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 
 import uvloop
@@ -62,6 +63,17 @@ _MAX_CLAIMS = 64
 _MAX_RECORDS = 64
 # Streams' event batches per Redis round trip (one script call) at most.
 _MAX_EVENT_BATCHES = 256
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """A job handed to the loop: its message, its claim under way, when it was taken (on the
+    monotonic clock), and what to call once the claim has run."""
+
+    message: JobMessage
+    claim: Future[StartedJob | None]
+    at: float
+    settled: Callable[[], None]
 
 
 class CallLoop:
@@ -144,7 +156,7 @@ class CallLoop:
         # job up, instead of after (the hand-over took 4-6 ms a job at 200 in flight).
         claim = self._claims.submit(message)
         try:
-            self._loop.call_soon_threadsafe(self._spawn, message, claim, taken_at, settled)
+            self._loop.call_soon_threadsafe(self._spawn, _Taken(message, claim, taken_at, settled))
         except BaseException:  # the loop is closed
             claim.cancel()
             self._release("claiming")
@@ -263,30 +275,19 @@ class CallLoop:
             if self._busy == 0:
                 self._emptied.notify_all()
 
-    def _spawn(
-        self,
-        message: JobMessage,
-        claim: Future[StartedJob | None],
-        taken_at: float,
-        settled: Callable[[], None],
-    ) -> None:
-        task = self._loop.create_task(self._run(message, claim, taken_at, settled))
+    def _spawn(self, taken: _Taken) -> None:
+        task = self._loop.create_task(self._run(taken))
         # The loop keeps only weak references to its tasks.
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(
-        self,
-        message: JobMessage,
-        claim: Future[StartedJob | None],
-        taken_at: float,
-        settled: Callable[[], None],
-    ) -> None:
+    async def _run(self, taken: _Taken) -> None:
+        message, settled = taken.message, taken.settled
         phase = "claiming"
         job: StartedJob | None = None
         try:
             try:
-                job = await self._claim(message, claim, taken_at)
+                job = await self._claim(taken)
             except BatcherClosedError:
                 raise  # stopping: not settled, the message stays restorable
             except Exception:
@@ -335,11 +336,10 @@ class CallLoop:
             return None
         return self._events.submit((job.claim.id, job.running_events()))
 
-    async def _claim(
-        self, message: JobMessage, claim: Future[StartedJob | None], taken_at: float
-    ) -> StartedJob | None:
-        """The message's job as `claim` claimed it (None: a duplicate). While Postgres is
+    async def _claim(self, taken: _Taken) -> StartedJob | None:
+        """The message's job as its claim claimed it (None: a duplicate). While Postgres is
         unreachable, claim again with backoff, until the process stops."""
+        message, claim = taken.message, taken.claim
         delay_s = 0.5
         outage = False
         while True:
@@ -358,7 +358,7 @@ class CallLoop:
                 outage = True
                 continue
             if not outage:  # a claim that waited out an outage says nothing of their pace
-                self._pace.claimed(taken_at)
+                self._pace.claimed(taken.at)
             return job
 
     async def _call(self, job: StartedJob) -> Callable[[], Awaitable[str]]:
