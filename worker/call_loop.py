@@ -29,6 +29,7 @@ running job.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -63,6 +64,10 @@ _MAX_CLAIMS = 64
 _MAX_RECORDS = 64
 # Streams' event batches per Redis round trip (one script call) at most.
 _MAX_EVENT_BATCHES = 256
+
+
+class _NoNewCallsError(Exception):
+    """A job claimed ahead of its slot, as the process stops making calls."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,9 @@ class CallLoop:
         # Claimed jobs waiting for a slot, first come first served (on the loop's thread).
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._closing = False
+        # Set as the claims stop: a job claimed ahead no longer starts its call (the process
+        # is about to hand its jobs back).
+        self._no_new_calls = False
         # One lock, two conditions: a freed slot wakes one taker, not all of them and the
         # drain. Waking every taker for every call that ended (hundreds a second, each taker
         # then queueing for the GIL) delayed the loop itself by 15-30 ms a turn.
@@ -158,7 +166,8 @@ class CallLoop:
         try:
             self._loop.call_soon_threadsafe(self._spawn, _Taken(message, claim, taken_at, settled))
         except BaseException:  # the loop is closed
-            claim.cancel()
+            if not claim.cancel():  # already claiming: a job claimed is left to its lease
+                claim.add_done_callback(self._abandon)
             self._release("claiming")
             raise
         return "taken"
@@ -172,7 +181,14 @@ class CallLoop:
     def stop_claiming(self, wait_s: float) -> None:
         """Make no more claims, and wait up to `wait_s` for those running: a claim that
         landed after the jobs in flight were handed back would leave its job running under a
-        stopped process until its lease ran out. The jobs not claimed stay restorable."""
+        stopped process until its lease ran out. The jobs not claimed stay restorable. The
+        jobs claimed ahead of a slot do not start their calls any more: they stay in flight, to
+        be handed back with the rest."""
+        with self._lock:
+            self._no_new_calls = True
+        if self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                self._loop.call_soon_threadsafe(self._refuse_waiters)
         self._claims.close(wait_s)
 
     def in_flight(self) -> int:
@@ -229,8 +245,9 @@ class CallLoop:
 
     def _free_slot(self) -> None:
         """(Holding the lock, on the loop.) The slot goes to the first claimed job waiting."""
+        ahead = self._pace.ahead
         self._pace.slot_freed()
-        while self._slot_waiters:
+        while self._slot_waiters and not self._no_new_calls:
             waiter = self._slot_waiters.popleft()
             if not waiter.done():  # not cancelled
                 waiter.set_result(None)
@@ -238,16 +255,36 @@ class CallLoop:
                 break
         else:
             self._calling -= 1
-        # Every taker waits for the same thing: if the one woken cannot go, none could.
-        self._slot_freed.notify()
+        # Every taker waits for the same thing: if the one woken cannot go, none could. A
+        # pace that rose lets as many more in.
+        self._slot_freed.notify(1 + max(0, self._pace.ahead - ahead))
+
+    def _abandon(self, claim: Future[StartedJob | None]) -> None:
+        """A claim whose job will never be called: no lease renewal, so the reaper takes the
+        job back once its lease lapses, as for a process that died."""
+        if not claim.cancelled() and claim.exception() is None:
+            job = claim.result()
+            if job is not None:
+                self._runner.end(job)
+
+    def _refuse_waiters(self) -> None:
+        """(On the loop.) The jobs waiting for a slot will not get one: the process stops."""
+        with self._lock:
+            while self._slot_waiters:
+                waiter = self._slot_waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(_NoNewCallsError("stopping"))
 
     def _called(self) -> None:
         with self._lock:
             self._free_slot()
 
     async def _take_slot(self) -> None:
-        """Wait for a call slot (a claimed job, on the loop)."""
+        """Wait for a call slot (a claimed job, on the loop). Raises `_NoNewCallsError` once
+        the process stops making calls."""
         with self._lock:
+            if self._no_new_calls:
+                raise _NoNewCallsError("stopping")
             if self._calling < self._capacity and not self._slot_waiters:
                 self._calling += 1
                 self._claiming -= 1
@@ -262,6 +299,11 @@ class CallLoop:
                     self._claiming += 1
                     self._free_slot()
             raise
+        with self._lock:
+            if self._no_new_calls:  # handed a slot as the claims stopped: pass it on
+                self._claiming += 1
+                self._free_slot()
+                raise _NoNewCallsError("stopping")
 
     def _release(self, phase: str) -> None:
         with self._lock:
@@ -302,8 +344,15 @@ class CallLoop:
             # Announced as claimed (a job claimed ahead is running), so the events of a claim
             # batch go out together; a slot waits for neither.
             announced = self._announce(job)
-            await self._take_slot()
+            try:
+                await self._take_slot()
+            except _NoNewCallsError:
+                # Left in flight, uncalled: the stopping process hands it back with the rest.
+                log.warning("job %s: not called, the process is stopping", job.claim.id)
+                job = None
+                return
             phase = "calling"
+            job = self._runner.calling_now(job)
             record = await (self._stream(job) if job.streamed else self._call(job))
             self._called()
             phase = "recording"
@@ -358,7 +407,11 @@ class CallLoop:
                 outage = True
                 continue
             if not outage:  # a claim that waited out an outage says nothing of their pace
-                self._pace.claimed(taken.at)
+                with self._lock:
+                    ahead = self._pace.ahead
+                    self._pace.claimed(taken.at)
+                    if self._pace.ahead > ahead:
+                        self._slot_freed.notify(self._pace.ahead - ahead)
             return job
 
     async def _call(self, job: StartedJob) -> Callable[[], Awaitable[str]]:

@@ -8,7 +8,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -118,6 +118,14 @@ class JobRunner:
         except BaseException:
             self.in_flight.discard(claim.id)
             raise
+
+    def calling_now(self, job: StartedJob) -> StartedJob:
+        """The job with its call's limits cut to the time its deadline leaves now: a job
+        claimed ahead of its slot waited for it after its limits were set."""
+        if job.expires is None:
+            return job
+        limits = call_limits(self.limits, job.claim.timeouts, job.expires - self.clock())
+        return replace(job, limits=limits)
 
     def finish_many(
         self, finished: Sequence[tuple[StartedJob, UpstreamReply | UpstreamTransportError]]
