@@ -2,17 +2,16 @@
 
 An LLM job is almost all waiting. With a thread per call, hundreds of threads wake for every
 byte and fight over the GIL, and the process tops out far below what the upstream allows (see
-docs/performance.md). Here Celery's few threads only take messages: each waits for a free slot
-and hands the job over, and its claim, call and record run as one task on the loop, so hundreds
-of calls wait there. A taker queues the job's claim as it hands the job over, and does not wait
-for it: at 1,000 in flight, 16 takers each waiting on a claim statement were what bounded a
-process. Claims and records are blocking
-database work, done in batches on a few threads of their own (`Batcher`): the claims that queue
-while a claim runs are made in one statement, the answers that arrive while a record runs are
-stored in one transaction, so the round trips per job fall as the load grows, and the loop never
-waits on Postgres. A record is tried again while Postgres is briefly unreachable rather than
-paying for the call twice, and a claim while Postgres is unreachable, holding its slot.
-Streamed calls wait on the same loop: the deltas each read makes
+docs/performance.md). Here Celery's few threads only take messages: each waits until the process
+has room, queues the job's claim and hands the job over, and its call and record run as one
+task on the loop, so hundreds of calls wait there. A taker does not wait for the claim: at 1,000
+in flight, 16 takers each waiting on a claim statement were what bounded a process. Claims and
+records are blocking database work, done in batches on a few threads of their own (`Batcher`):
+the claims that queue while a claim runs are made in one statement, the answers that arrive
+while a record runs are stored in one transaction, so the round trips per job fall as the load
+grows, and the loop never waits on Postgres. A record is tried again while Postgres is briefly
+unreachable rather than paying for the call twice, and a claim too, its job still counted
+against the process' room. Streamed calls wait on the same loop: the deltas each read makes
 visible go to followers through one more batcher (the events of every stream that read
 something while the last batch was written, in one Redis round trip), and the stream's outcome is
 recorded on a small pool of threads.
@@ -39,6 +38,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import uvloop
 
@@ -64,6 +64,10 @@ _MAX_CLAIMS = 64
 _MAX_RECORDS = 64
 # Streams' event batches per Redis round trip (one script call) at most.
 _MAX_EVENT_BATCHES = 256
+
+
+# Where a taken job is: what its end gives back (`CallLoop._release`).
+_Phase = Literal["claiming", "calling", "recording"]
 
 
 class _NoNewCallsError(Exception):
@@ -152,11 +156,10 @@ class CallLoop:
         while every slot is taken and the jobs claimed ahead are as many as slots are expected
         to free during a claim, so a full process takes no more jobs than it will start within
         about a claim's time; does not wait for the claim, so a few takers keep the claim
-        batches full. `settled` is called once the claim
-        has run (claimed, a duplicate, or failed for good), not if the process stops first:
-        until then the message is the only copy of a Redis-only producer's job. Returns
-        `taken`, or `refused` (the process is stopping: the message must go back to its
-        queue)."""
+        batches full. `settled` is called once the claim has run (claimed, a duplicate, or
+        failed for good), not if the process stops first: until then the message is the only
+        copy of a Redis-only producer's job. Returns `taken`, or `refused` (the process is
+        stopping: the message must go back to its queue)."""
         if not self._acquire():
             return "refused"
         taken_at = time.monotonic()
@@ -245,8 +248,7 @@ class CallLoop:
 
     def _free_slot(self) -> None:
         """(Holding the lock, on the loop.) The slot goes to the first claimed job waiting."""
-        ahead = self._pace.ahead
-        self._pace.slot_freed()
+        rose = self._pace.slot_freed()
         while self._slot_waiters and not self._no_new_calls:
             waiter = self._slot_waiters.popleft()
             if not waiter.done():  # not cancelled
@@ -257,7 +259,7 @@ class CallLoop:
             self._calling -= 1
         # Every taker waits for the same thing: if the one woken cannot go, none could. A
         # pace that rose lets as many more in.
-        self._slot_freed.notify(1 + max(0, self._pace.ahead - ahead))
+        self._slot_freed.notify(1 + rose)
 
     def _abandon(self, claim: Future[StartedJob | None]) -> None:
         """A claim whose job will never be called: no lease renewal, so the reaper takes the
@@ -305,7 +307,7 @@ class CallLoop:
                 self._free_slot()
                 raise _NoNewCallsError("stopping")
 
-    def _release(self, phase: str) -> None:
+    def _release(self, phase: _Phase) -> None:
         with self._lock:
             self._busy -= 1
             if phase == "calling":
@@ -325,7 +327,7 @@ class CallLoop:
 
     async def _run(self, taken: _Taken) -> None:
         message, settled = taken.message, taken.settled
-        phase = "claiming"
+        phase: _Phase = "claiming"
         job: StartedJob | None = None
         try:
             try:
@@ -408,10 +410,8 @@ class CallLoop:
                 continue
             if not outage:  # a claim that waited out an outage says nothing of their pace
                 with self._lock:
-                    ahead = self._pace.ahead
-                    self._pace.claimed(taken.at)
-                    if self._pace.ahead > ahead:
-                        self._slot_freed.notify(self._pace.ahead - ahead)
+                    if rose := self._pace.claimed(taken.at):
+                        self._slot_freed.notify(rose)
             return job
 
     async def _call(self, job: StartedJob) -> Callable[[], Awaitable[str]]:

@@ -45,24 +45,29 @@ class ClaimPace:
         self._claim_s = 0.0
         self.ahead = 0
 
-    def slot_freed(self) -> None:
-        """A call ended and freed its slot. The rate is read over windows of `window_s`; a
-        window that ends after a long quiet spell reads a low rate, so a worker whose calls
-        turned long stops claiming ahead at its next freed slot."""
+    def slot_freed(self) -> int:
+        """A call ended and freed its slot; returns how many more jobs may be claimed ahead
+        now. The rate is read over windows of `window_s`; a window that ends after a long
+        quiet spell reads a low rate, so a worker whose calls turned long stops claiming ahead
+        at its next freed slot."""
         self._frees += 1
         now = self._clock()
         elapsed = now - self._window_start
-        if elapsed >= self._window_s:
-            self._frees_per_s = self._frees / elapsed
-            self._frees = 0
-            self._window_start = now
-            self._update()
+        if elapsed < self._window_s:
+            return 0
+        self._frees_per_s = self._frees / elapsed
+        self._frees = 0
+        self._window_start = now
+        return self._update()
 
-    def claimed(self, taken_at: float) -> None:
-        """A claim ended; `taken_at` is when its job was taken (on the same clock)."""
+    def claimed(self, taken_at: float) -> int:
+        """A claim ended; `taken_at` is when its job was taken (on the same clock). Returns
+        how many more jobs may be claimed ahead now."""
         took = max(0.0, self._clock() - taken_at)
         self._claim_s += (took - self._claim_s) * _CLAIM_WEIGHT
-        self._update()
+        return self._update()
 
-    def _update(self) -> None:
+    def _update(self) -> int:
+        before = self.ahead
         self.ahead = claims_ahead(self._frees_per_s, self._claim_s, self._limit)
+        return max(0, self.ahead - before)

@@ -32,14 +32,16 @@ def test_the_pace_follows_how_fast_slots_free_and_how_long_claims_take() -> None
         taken_at = clock.now
         clock.now += 0.030
         pace.claimed(taken_at)
+    rises = 0
     for _ in range(400):
         clock.now += 0.0025
-        pace.slot_freed()
+        rises += pace.slot_freed()
     assert pace.ahead == 24
+    assert rises == 24  # what lets that many more takers in
 
     # The calls turn long: the next slot frees 20 s later, and the pace drops at once.
     clock.now += 20.0
-    pace.slot_freed()
+    assert pace.slot_freed() == 0
     assert pace.ahead == 0
 
 
