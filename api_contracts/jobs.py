@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
@@ -92,11 +93,26 @@ class JobSubmitRequest(BaseModel):
             check_response_request(value)
         return value
 
+    @field_validator("request", "metadata")
+    @classmethod
+    def _storable(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        check_storable(value, str(info.field_name))
+        return value
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError(_NUL)
+        return value
+
     @field_validator("callback_url")
     @classmethod
     def _callback_scheme(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("https://", "http://")):
             raise ValueError("must be an http(s) URL")
+        if value is not None and "\x00" in value:
+            raise ValueError(_NUL)
         return value
 
     @field_validator("callback_secret")
@@ -105,6 +121,67 @@ class JobSubmitRequest(BaseModel):
         if value is not None:
             decode_webhook_secret(value.get_secret_value())
         return value
+
+
+_NUL = "must not contain the NUL character (\\u0000)"
+# JSON numbers that Postgres' jsonb and our JSON encoder (orjson) both take: 64-bit integers.
+_INT_MIN, _INT_END = -(2**63), 2**64
+
+
+def check_storable(value: Any, path: str) -> None:
+    """Refuse what Postgres cannot store in a JSON column, naming where it is: the NUL
+    character in a string or key, an integer beyond 64 bits, NaN or an infinity (which Python's
+    JSON parser accepts and no JSON document may hold). The check is a walk over the whole
+    value, about as long as parsing it; the path is worked out only for a value refused."""
+    if not _storable(value):
+        _name_unstorable(value, path)
+
+
+def _storable(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                return False
+        elif isinstance(node, dict):
+            if any("\x00" in key for key in node):
+                return False
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+        elif isinstance(node, bool):
+            continue
+        elif isinstance(node, int):
+            if not _INT_MIN <= node < _INT_END:
+                return False
+        elif isinstance(node, float) and not math.isfinite(node):
+            return False
+    return True
+
+
+def _name_unstorable(value: Any, path: str) -> None:
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        node, where = stack.pop()
+        if not isinstance(node, dict | list | tuple):
+            if not _storable(node):
+                raise InvalidFieldError(where, _refusal(node))
+        elif isinstance(node, dict):
+            for key, item in node.items():
+                if "\x00" in key:
+                    raise InvalidFieldError(where, f"has a key that {_NUL}")
+                stack.append((item, f"{where}.{key}"))
+        else:
+            stack.extend((item, f"{where}[{index}]") for index, item in enumerate(node))
+
+
+def _refusal(node: Any) -> str:
+    if isinstance(node, str):
+        return _NUL
+    if isinstance(node, int):
+        return "must be an integer of at most 64 bits"
+    return "must be a finite number (not NaN or Infinity)"
 
 
 def _check_model(request: dict[str, Any]) -> None:

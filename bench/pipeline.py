@@ -96,6 +96,7 @@ def submit_via_producer(
                 future.result()
         result.ended_at = time.time()
     finally:
+        producer.close()
         bind = sessions.kw.get("bind")
         if isinstance(bind, Engine):
             bind.dispose()

@@ -191,16 +191,18 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
 
 @pytest.fixture
 def make_producer() -> Iterator[Callable[[Settings], JobProducer]]:
-    """Python producers on a deployment's services; their engines are disposed after the test."""
-    engines: list[Any] = []
+    """Python producers on a deployment's services; closed, and their engines disposed, after
+    the test."""
+    made: list[tuple[JobProducer, Any]] = []
 
     def make(settings: Settings) -> JobProducer:
         producer, sessions, _ = build_producer(settings)
-        engines.append(sessions.kw["bind"])
+        made.append((producer, sessions.kw["bind"]))
         return producer
 
     yield make
-    for engine in engines:
+    for producer, engine in made:
+        producer.close()
         engine.dispose()
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Annotated, Any, get_args
 
 from fastapi import FastAPI, Header, Query, Request, Response
@@ -119,7 +120,14 @@ def create_app(
     producer: JobProducer, health: HealthCheck, stats: StatsReader, max_body_bytes: int
 ) -> FastAPI:
     """The HTTP API over a producer; health and stats readers are injected."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        producer.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="gmiq",
         version="0.1.0",
         description="Durable background jobs for LLM calls on GMI Cloud.",
@@ -127,7 +135,7 @@ def create_app(
     _install_error_handlers(app)
 
     @app.post("/v1/jobs", status_code=202, response_model=JobView)
-    def submit_job(
+    async def submit_job(
         submission: JobSubmitRequest,
         idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     ) -> Any:
@@ -141,7 +149,7 @@ def create_app(
                     [FieldErrorView(field="idempotency_key", message="differs from the header")],
                 )
             submission = submission.model_copy(update={"idempotency_key": idempotency_key})
-        view, created = producer.submit(submission)
+        view, created = await producer.submit_async(submission)
         return model_response(view, 202, {} if created else {"Idempotent-Replayed": "true"})
 
     @app.get("/v1/jobs/{job_id}", response_model=JobView)

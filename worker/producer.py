@@ -6,16 +6,17 @@ the workers' dispatcher publishes it from Postgres, so an accepted job always ru
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from api_contracts.jobs import (
     TERMINAL_STATUSES,
@@ -28,10 +29,9 @@ from api_contracts.messages import JobMessage
 from worker import repository, webhook_store
 from worker.callbacks import CallbackPolicy
 from worker.db import unit_of_work
+from worker.intake import Intake, NewRow, publish_or_defer
 from worker.payloads import continue_request
 from worker.views import Row, job_view
-
-log = logging.getLogger(__name__)
 
 Publisher = Callable[[JobMessage], None]
 
@@ -129,6 +129,8 @@ class JobProducer:
     redispatch_after_s: float = 600.0
     # The operator's callback rules; None skips them (delivery checks addresses again anyway).
     callbacks: CallbackPolicy | None = None
+    # Records and publishes jobs in batches; None: each job is its own INSERT and publish.
+    intake: Intake | None = None
 
     def submit(self, submission: JobSubmitRequest) -> tuple[JobView, bool]:
         """Record and enqueue a job; returns its view and whether it is new (False when an
@@ -140,6 +142,8 @@ class JobProducer:
             )
         submission = self._continue_parent(submission)
         message = message_for_submission(submission, uuid.uuid4(), self.default_model)
+        if sealed_secret is None and self.intake is not None:
+            return self._settled(message, self.intake.submit(message).result())
         # Autocommit unless a callback secret is stored with the job (a second statement).
         with unit_of_work(self.sessions, single_statement=sealed_secret is None) as session:
             inserted = repository.insert_job(
@@ -149,9 +153,34 @@ class JobProducer:
                 return self._existing(session, message), False
             if sealed_secret is not None:
                 webhook_store.save_callback_secret(session, message.job_id, sealed_secret)
-        self._publish_or_defer(message)
+        publish_or_defer(self.sessions, self._publish_each, [message])
         # The row as inserted is the view (a new job has no children): no read-back.
         return job_view(inserted), True
+
+    async def submit_async(self, submission: JobSubmitRequest) -> tuple[JobView, bool]:
+        """`submit` for an event loop. A plain job waits for its intake batch without holding a
+        thread; one that needs a lookup first (a callback address to resolve, a parent to read)
+        or an idempotent replay runs `submit`'s blocking parts in a worker thread."""
+        plain = (
+            submission.callback_url is None
+            and submission.callback_secret is None
+            and submission.parent_job_id is None
+        )
+        if self.intake is None or not plain:
+            return await run_in_threadpool(self.submit, submission)
+        message = message_for_submission(submission, uuid.uuid4(), self.default_model)
+        row = await asyncio.wrap_future(self.intake.submit(message))
+        if row is None:
+            return await run_in_threadpool(self._settled, message, row)
+        return job_view(row), True
+
+    def _settled(self, message: JobMessage, row: NewRow | None) -> tuple[JobView, bool]:
+        """The answer for a job the intake recorded: its row, or None when its idempotency
+        key named an earlier job."""
+        if row is not None:
+            return job_view(row), True
+        with unit_of_work(self.sessions, single_statement=True) as session:
+            return self._existing(session, message), False
 
     def _existing(self, session: Session, message: JobMessage) -> JobView:
         assert message.idempotency_key is not None
@@ -164,13 +193,14 @@ class JobProducer:
             )
         return _view(record)
 
-    def _publish_or_defer(self, message: JobMessage) -> None:
-        try:
+    def _publish_each(self, messages: Sequence[JobMessage]) -> None:
+        for message in messages:
             self.publish(message)
-        except Exception as exc:  # kombu raises many kinds; all mean "not on Redis"
-            log.warning("publish of job %s deferred: %s", message.job_id, type(exc).__name__)
-            with unit_of_work(self.sessions) as session:
-                repository.mark_due_now(session, message.job_id)
+
+    def close(self) -> None:
+        """Stop the intake's lanes, if it has one (after the batches being written)."""
+        if self.intake is not None:
+            self.intake.close()
 
     def enqueue_only(self, submission: JobSubmitRequest) -> uuid.UUID:
         """Publish without writing a row, as a producer that only has Redis does; the worker

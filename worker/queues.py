@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -46,18 +46,34 @@ def publish_job(app: Celery, message: JobMessage) -> None:
     the job id as the arguments, not the caller's prompt."""
     wire = _wire(app)
     queue = QUEUE_BY_PRIORITY[message.priority]
-    task_id = str(uuid.uuid4())
-    envelope = task_envelope(
+    wire.client.lpush(wire.key_prefix + queue, _envelope(wire, message, queue))
+
+
+def publish_jobs(app: Celery, messages: Sequence[JobMessage]) -> None:
+    """Put several job messages on their queues in one round trip (see `publish_job`); raises
+    if Redis cannot take them, when some may already be queued (a job published twice runs
+    once: only one claim of it wins)."""
+    if not messages:
+        return
+    wire = _wire(app)
+    pipeline = wire.client.pipeline(transaction=False)
+    for message in messages:
+        queue = QUEUE_BY_PRIORITY[message.priority]
+        pipeline.lpush(wire.key_prefix + queue, _envelope(wire, message, queue))
+    pipeline.execute()
+
+
+def _envelope(wire: _Wire, message: JobMessage, queue: str) -> bytes:
+    return task_envelope(
         RUN_JOB_TASK,
         b"[" + message.model_dump_json().encode() + b"]",
-        task_id,
+        str(uuid.uuid4()),
         queue,
         f"[job {message.job_id}]",
         wire.origin,
         wire.reply_to,
         str(uuid.uuid4()),
     )
-    wire.client.lpush(wire.key_prefix + queue, envelope)
 
 
 @dataclass(frozen=True)

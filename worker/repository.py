@@ -113,7 +113,7 @@ class ClaimedJob:
     time_left_s: float | None = None
 
 
-# Settable columns of a new job, each a bound parameter `b_<column>` of the same type.
+# Settable columns of a new job: the fields of each row `insert_jobs` sends.
 _NEW_JOB_COLUMNS = (
     "id",
     "kind",
@@ -129,46 +129,67 @@ _NEW_JOB_COLUMNS = (
 )
 
 
-def _build_insert_job() -> Any:
+def _build_insert_jobs() -> Any:
     # Built once (see `_build_claim`): building this INSERT took more of a submission's CPU
-    # than running it.
+    # than running it. The batch is one JSON parameter unpacked by Postgres (as in
+    # `_build_record_successes`), so one job or two hundred is the same statement.
     job = Job.metadata.tables["job"]
-    values: dict[str, Any] = {
-        name: bindparam(f"b_{name}", type_=job.c[name].type) for name in _NEW_JOB_COLUMNS
-    }
+    given = (
+        func.jsonb_to_recordset(bindparam("b_batch", type_=JSONB))
+        .table_valued(*(column(name, job.c[name].type) for name in _NEW_JOB_COLUMNS))
+        .render_derived(name="given", with_types=True)
+    )
+    delay = _seconds(bindparam("b_publish_delay_s", type_=Double))
     return (
         pg_insert(job)
-        .values(
-            **values,
-            status="queued",
-            next_attempt_at=func.now() + _seconds(bindparam("b_publish_delay_s", type_=Double)),
+        .from_select(
+            [*_NEW_JOB_COLUMNS, "status", "next_attempt_at"],
+            select(
+                *(given.c[name] for name in _NEW_JOB_COLUMNS),
+                literal("queued", Text),
+                func.now() + delay,
+            ),
         )
+        # Skips a row whose id or idempotency key exists, also one taken earlier in the batch.
         .on_conflict_do_nothing()
         .returning(*job.c)
     )
 
 
-_INSERT_JOB = _build_insert_job()
+_INSERT_JOBS = _build_insert_jobs()
+
+
+def insert_jobs(
+    session: Session, jobs: Sequence[NewJob], publish_delay_s: float
+) -> dict[uuid.UUID, dict[str, Any]]:
+    """Insert queued jobs in one statement, each unless its id or idempotency key exists;
+    returns the new rows by column name (as their views need them), by job id. A job left
+    out was not inserted.
+
+    `next_attempt_at` is when the dispatcher publishes a job again if nobody has claimed it.
+    """
+    if not jobs:
+        return {}
+    batch = [{name: getattr(job, name) for name in _NEW_JOB_COLUMNS} for job in jobs]
+    rows = session.connection().execute(
+        _INSERT_JOBS, {"b_batch": batch, "b_publish_delay_s": publish_delay_s}
+    )
+    return {row.id: dict(row._mapping) for row in rows}
 
 
 def insert_job(session: Session, job: NewJob, publish_delay_s: float) -> dict[str, Any] | None:
-    """Insert a queued job unless its id or idempotency key exists; returns the new row by
-    column name (as its view needs it), or None if nothing was inserted.
-
-    `next_attempt_at` is when the dispatcher publishes it again if nobody has claimed it.
-    """
-    params = {f"b_{name}": getattr(job, name) for name in _NEW_JOB_COLUMNS}
-    params["b_publish_delay_s"] = publish_delay_s
-    row = session.connection().execute(_INSERT_JOB, params).first()
-    return None if row is None else dict(row._mapping)
+    """Insert one queued job (see `insert_jobs`); its new row, or None if it existed."""
+    return insert_jobs(session, [job], publish_delay_s).get(job.id)
 
 
-def mark_due_now(session: Session, job_id: uuid.UUID) -> None:
-    """Ask the dispatcher to publish a queued job at its next pass (its publish failed)."""
+def mark_due_now(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
+    """Ask the dispatcher to publish these queued jobs at its next pass (their publish failed)."""
     session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
-        .values(next_attempt_at=func.now())
+        .where(Job.id == any_(bindparam("b_job_ids", type_=ARRAY(PG_UUID(as_uuid=True)))))
+        .where(Job.status == "queued")
+        .values(next_attempt_at=func.now()),
+        {"b_job_ids": list(job_ids)},
     )
 
 

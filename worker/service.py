@@ -22,9 +22,11 @@ from worker.callbacks import CallbackPolicy
 from worker.celery_app import broker_key_prefix, create_celery_app
 from worker.db import make_engine, make_sessionmaker, open_connections
 from worker.events_api import create_events_router
+from worker.intake import Intake
 from worker.producer import JobProducer
 from worker.queues import (
     publish_job,
+    publish_jobs,
     queue_depths,
     redis_client_url,
     reuse_broker_clients,
@@ -51,6 +53,9 @@ def build_producer(settings: Settings) -> tuple[JobProducer, sessionmaker[Sessio
         default_model=settings.default_model,
         redispatch_after_s=settings.redispatch_after_s,
         callbacks=build_callback_policy(settings),
+        intake=Intake(
+            sessions, lambda messages: publish_jobs(app, messages), settings.redispatch_after_s
+        ),
     )
     return producer, sessions, app
 

@@ -3,6 +3,7 @@ idempotency and health."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +57,17 @@ def queued_messages(client: redis.Redis, settings: Settings) -> int:
         ({"kind": "chat", "request": CHAT, "metadata": "x"}, "metadata"),
         ({"kind": "chat", "request": CHAT, "callback_url": "ftp://x"}, "callback_url"),
         ({"kind": "chat", "request": CHAT, "surprise": 1}, "surprise"),
+        # What Postgres cannot store, which reached it and answered 500.
+        (
+            {"kind": "chat", "request": {"messages": [{"role": "user", "content": "a\x00b"}]}},
+            "request.messages[0].content",
+        ),
+        ({"kind": "chat", "request": CHAT, "metadata": {"tag\x00": "x"}}, "metadata"),
+        ({"kind": "chat", "request": CHAT, "idempotency_key": "key\x00"}, "idempotency_key"),
+        ({"kind": "chat", "request": {**CHAT, "max_tokens": 2**70}}, "request.max_tokens"),
+        # Python's JSON parser takes NaN and Infinity, which no JSON document may hold.
+        ({"kind": "chat", "request": {**CHAT, "temperature": float("nan")}}, "request.temperature"),
+        ({"kind": "chat", "request": CHAT, "metadata": {"n": [float("inf")]}}, "metadata.n[0]"),
     ],
 )
 def test_bad_submission_is_refused_naming_the_field_and_leaves_nothing(
@@ -67,7 +79,10 @@ def test_bad_submission_is_refused_naming_the_field_and_leaves_nothing(
 ) -> None:
     api, settings = api_only
     jobs_before = count_rows(engine, "job")
-    answer = api.client.post("/v1/jobs", json=body)
+    # Encoded here: the client's own encoder refuses NaN.
+    answer = api.client.post(
+        "/v1/jobs", content=json.dumps(body), headers={"content-type": "application/json"}
+    )
     assert answer.status_code == 422, answer.text
     error = answer.json()["error"]
     assert field in [f["field"] for f in error["fields"]], error
