@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
@@ -126,60 +127,110 @@ class JobSubmitRequest(BaseModel):
 _NUL = "must not contain the NUL character (\\u0000)"
 # JSON numbers that Postgres' jsonb and our JSON encoder (orjson) both take: 64-bit integers.
 _INT_MIN, _INT_END = -(2**63), 2**64
+# orjson stops at 255 levels, and a job's request travels inside two more (the batch it is
+# written with, the message it is published in).
+MAX_DEPTH = 200
 
 
 def check_storable(value: Any, path: str) -> None:
-    """Refuse what Postgres cannot store in a JSON column, naming where it is: the NUL
-    character in a string or key, an integer beyond 64 bits, NaN or an infinity (which Python's
-    JSON parser accepts and no JSON document may hold). The check is a walk over the whole
-    value, about as long as parsing it; the path is worked out only for a value refused."""
+    """Refuse what Postgres or our JSON encoder cannot store, naming where it is: anything but
+    JSON values (objects with string keys, arrays, strings, numbers, booleans, null), the NUL
+    character or a lone surrogate in a string or key, an integer beyond 64 bits, NaN or an
+    infinity (which Python's JSON parser accepts and no JSON document may hold), nesting deeper
+    than `MAX_DEPTH`. The walk over the whole value takes about as long as parsing it; the path
+    is worked out only for a value refused."""
     if not _storable(value):
-        _name_unstorable(value, path)
+        _name_unstorable(value, path, 0)
 
 
 def _storable(value: Any) -> bool:
-    stack = [value]
+    # Exact types first: this runs on every submission, over every value in it.
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    items: Iterable[Any]
     while stack:
-        node = stack.pop()
-        if isinstance(node, str):
-            if "\x00" in node:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            if depth >= MAX_DEPTH:
                 return False
-        elif isinstance(node, dict):
-            if any("\x00" in key for key in node):
-                return False
-            stack.extend(node.values())
+            for key in node:
+                if not isinstance(key, str) or "\x00" in key or not (key.isascii() or _utf8(key)):
+                    return False
+            items = node.values()
         elif isinstance(node, list | tuple):
-            stack.extend(node)
-        elif isinstance(node, bool):
-            continue
-        elif isinstance(node, int):
-            if not _INT_MIN <= node < _INT_END:
+            if depth >= MAX_DEPTH:
                 return False
-        elif isinstance(node, float) and not math.isfinite(node):
-            return False
+            items = node
+        else:
+            items = (node,)
+            depth -= 1
+        for item in items:
+            kind = type(item)
+            if kind is str:
+                if "\x00" in item or not (item.isascii() or _utf8(item)):
+                    return False
+            elif kind is dict or kind is list or isinstance(item, dict | list | tuple):
+                stack.append((item, depth + 1))
+            elif kind is int:
+                if not _INT_MIN <= item < _INT_END:
+                    return False
+            elif kind is float:
+                if not math.isfinite(item):
+                    return False
+            elif not (item is None or kind is bool or _scalar_ok(item)):
+                return False
     return True
 
 
-def _name_unstorable(value: Any, path: str) -> None:
-    stack: list[tuple[Any, str]] = [(value, path)]
-    while stack:
-        node, where = stack.pop()
-        if not isinstance(node, dict | list | tuple):
-            if not _storable(node):
-                raise InvalidFieldError(where, _refusal(node))
-        elif isinstance(node, dict):
-            for key, item in node.items():
-                if "\x00" in key:
-                    raise InvalidFieldError(where, f"has a key that {_NUL}")
-                stack.append((item, f"{where}.{key}"))
-        else:
-            stack.extend((item, f"{where}[{index}]") for index, item in enumerate(node))
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
-def _refusal(node: Any) -> str:
+def _text_ok(text: object) -> bool:
+    return isinstance(text, str) and "\x00" not in text and (text.isascii() or _utf8(text))
+
+
+def _scalar_ok(item: object) -> bool:
+    if item is None or isinstance(item, bool):
+        return True
+    if isinstance(item, str):
+        return _text_ok(item)
+    if isinstance(item, int):
+        return _INT_MIN <= item < _INT_END
+    if isinstance(item, float):
+        return math.isfinite(item)
+    return False
+
+
+def _name_unstorable(node: Any, where: str, depth: int) -> None:
+    if isinstance(node, dict | list | tuple) and depth >= MAX_DEPTH:
+        raise InvalidFieldError(where, f"is nested deeper than {MAX_DEPTH} levels")
+    if isinstance(node, dict):
+        for key, item in node.items():
+            if not isinstance(key, str):
+                raise InvalidFieldError(where, f"has a key that is not a string: {key!r}")
+            if not _text_ok(key):
+                raise InvalidFieldError(where, f"has a key that {_refusal(key)}")
+            _name_unstorable(item, f"{where}.{key}", depth + 1)
+    elif isinstance(node, list | tuple):
+        for index, item in enumerate(node):
+            _name_unstorable(item, f"{where}[{index}]", depth + 1)
+    elif not _scalar_ok(node):
+        raise InvalidFieldError(where, _refusal(node))
+
+
+def _refusal(node: object) -> str:
+    if not isinstance(node, str | int | float | type(None)):
+        return "must be a JSON value (object, array, string, number, boolean or null)"
     if isinstance(node, str):
-        return _NUL
-    if isinstance(node, int):
+        if "\x00" in node:
+            return _NUL
+        # Half of a surrogate pair alone: Python's JSON parser takes it, UTF-8 cannot hold it.
+        return "must not contain a lone surrogate (\\ud800-\\udfff)"
+    if isinstance(node, bool | int) and not isinstance(node, float):
         return "must be an integer of at most 64 bits"
     return "must be a finite number (not NaN or Infinity)"
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from psycopg.errors import TransactionRollback
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -45,8 +46,17 @@ def publish_or_defer(
         publish(messages)
     except Exception as exc:  # kombu and redis-py raise many kinds; all mean "not on Redis"
         log.warning("publish of %d job(s) deferred: %s", len(messages), type(exc).__name__)
-        with unit_of_work(sessions, single_statement=True) as session:
-            repository.mark_due_now(session, [message.job_id for message in messages])
+        try:
+            with unit_of_work(sessions, single_statement=True) as session:
+                repository.mark_due_now(session, [message.job_id for message in messages])
+        except SQLAlchemyError as lost:
+            # The jobs are committed, so they are accepted: the dispatcher publishes them when
+            # their first redispatch comes due (`GMIQ_REDISPATCH_AFTER_S`), only later.
+            log.error(
+                "%d job(s) wait for their redispatch time: %s",
+                len(messages),
+                type(lost).__name__,
+            )
 
 
 class Intake:
@@ -81,20 +91,21 @@ class Intake:
         try:
             rows = self._insert(messages)
             refused: dict[uuid.UUID, BaseException] = {}
-        except DATABASE_UNREACHABLE:
-            raise
-        except SQLAlchemyError:
-            if len(messages) == 1:
+        except Exception as exc:
+            if len(messages) == 1 or _unreachable(exc):
                 raise
-            # Postgres refused one job of the batch (validation lets nothing it cannot store
-            # through, but a batch must not depend on that): each job alone, so only that one
-            # fails.
+            # One job of the batch could not be written (validation lets nothing through that
+            # Postgres or the encoder refuses, but a batch must not depend on that), or two
+            # lanes deadlocked: each job alone, so only a bad one fails.
             rows, refused = self._insert_each(messages)
         publish_or_defer(self._sessions, self._publish, [m for m in messages if m.job_id in rows])
         return [refused.get(m.job_id) or rows.get(m.job_id) for m in messages]
 
     def _insert(self, messages: Sequence[JobMessage]) -> dict[uuid.UUID, NewRow]:
         jobs = [repository.NewJob.from_message(message) for message in messages]
+        # Keys in one order in every batch: two lanes inserting the same keys in opposite
+        # orders would each wait for the other's (ON CONFLICT waits on an uncommitted key).
+        jobs.sort(key=lambda job: (job.idempotency_key is None, job.idempotency_key or ""))
         # One statement, so autocommit: a batch is written whole or not at all.
         with unit_of_work(self._sessions, single_statement=True) as session:
             return repository.insert_jobs(session, jobs, self._redispatch_after_s)
@@ -104,9 +115,19 @@ class Intake:
     ) -> tuple[dict[uuid.UUID, NewRow], dict[uuid.UUID, BaseException]]:
         rows: dict[uuid.UUID, NewRow] = {}
         refused: dict[uuid.UUID, BaseException] = {}
-        for message in messages:
+        for number, message in enumerate(messages):
             try:
                 rows |= self._insert([message])
-            except SQLAlchemyError as exc:
+            except Exception as exc:
                 refused[message.job_id] = exc
+                if _unreachable(exc):  # the rest fail alike; those written are still answered
+                    refused |= {later.job_id: exc for later in messages[number + 1 :]}
+                    break
         return rows, refused
+
+
+def _unreachable(exc: Exception) -> bool:
+    """Postgres could not be reached: every job of the batch fails alike (the API answers 503).
+    A deadlock is an OperationalError too, but one retry of each job alone settles it."""
+    rolled_back = isinstance(getattr(exc, "orig", None), TransactionRollback)
+    return isinstance(exc, DATABASE_UNREACHABLE) and not rolled_back

@@ -86,8 +86,10 @@ def test_one_idempotency_key_twice_in_a_batch_makes_one_job(
     messages = [job_message()] + [
         job_message().model_copy(update={"idempotency_key": key}) for _ in range(2)
     ]
-    futures = held_batch(engine, HeldPublisher(), messages, made)
+    publisher = HeldPublisher()
+    futures = held_batch(engine, publisher, messages, made)
     first, second = futures[1].result(), futures[2].result()
+    assert publisher.batches[1] == [messages[1].job_id]
     assert first is not None
     assert first["id"] == messages[1].job_id
     # The caller of the second looks the key up and gets the first job (see `JobProducer`).
@@ -95,16 +97,24 @@ def test_one_idempotency_key_twice_in_a_batch_makes_one_job(
     assert count_rows(engine, "job", "idempotency_key = :k", k=key) == 1
 
 
-def test_a_job_postgres_refuses_fails_alone_and_the_rest_of_its_batch_is_queued(
-    engine: Engine, made: list[uuid.UUID]
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        ("a\x00b", DataError),  # refused by Postgres
+        ("a\ud800b", TypeError),  # refused by the JSON encoder, before Postgres
+    ],
+)
+def test_a_job_that_cannot_be_written_fails_alone_and_the_rest_of_its_batch_is_queued(
+    engine: Engine, made: list[uuid.UUID], content: str, error: type[Exception]
 ) -> None:
+    # Validation refuses both (`check_storable`); the intake must not depend on it.
     unstorable = job_message().model_copy(
-        update={"request": {"messages": [{"role": "user", "content": "a\x00b"}]}}
+        update={"request": {"messages": [{"role": "user", "content": content}]}}
     )
     messages = [job_message(), job_message(), unstorable, job_message()]
     publisher = HeldPublisher()
     futures = held_batch(engine, publisher, messages, made)
-    assert isinstance(futures[2].exception(), DataError)
+    assert isinstance(futures[2].exception(), error)
     assert all(futures[n].result() is not None for n in (0, 1, 3))
     good = [messages[n].job_id for n in (1, 3)]
     assert publisher.batches[1] == good

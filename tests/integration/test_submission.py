@@ -63,6 +63,7 @@ def queued_messages(client: redis.Redis, settings: Settings) -> int:
             "request.messages[0].content",
         ),
         ({"kind": "chat", "request": CHAT, "metadata": {"tag\x00": "x"}}, "metadata"),
+        ({"kind": "chat", "request": CHAT, "metadata": {"half": "\ud800"}}, "metadata.half"),
         ({"kind": "chat", "request": CHAT, "idempotency_key": "key\x00"}, "idempotency_key"),
         ({"kind": "chat", "request": {**CHAT, "max_tokens": 2**70}}, "request.max_tokens"),
         # Python's JSON parser takes NaN and Infinity, which no JSON document may hold.
