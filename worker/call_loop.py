@@ -162,6 +162,22 @@ class CallLoop:
         stopping: the message must go back to its queue)."""
         if not self._acquire():
             return "refused"
+        self._hand_over(message, settled)
+        return "taken"
+
+    def try_take(self, message: JobMessage, settled: Callable[[], None] = lambda: None) -> bool:
+        """`take` if the process has room now, without waiting: False if it has none, or is
+        stopping (nothing was taken; the caller takes the waiting path)."""
+        with self._lock:
+            if self._closing or not self._has_room():
+                return False
+            self._claiming += 1
+            self._busy += 1
+        self._hand_over(message, settled)
+        return True
+
+    def _hand_over(self, message: JobMessage, settled: Callable[[], None]) -> None:
+        """(A slot's room acquired.) Queue the claim and start the job's task on the loop."""
         taken_at = time.monotonic()
         # The claim is queued from here, not from the loop: it runs while the loop picks the
         # job up, instead of after (the hand-over took 4-6 ms a job at 200 in flight).
@@ -173,7 +189,6 @@ class CallLoop:
                 claim.add_done_callback(self._abandon)
             self._release("claiming")
             raise
-        return "taken"
 
     def stop_taking(self) -> None:
         """Refuse new jobs from now on; takers waiting for a slot give their messages back."""
@@ -229,17 +244,17 @@ class CallLoop:
         if self._client is not None:
             await self._client.close()
 
+    def _has_room(self) -> bool:
+        """(Holding the lock.) Room for one more job: a slot free or about to be (the jobs
+        claimed ahead stay within the pace), and answers waiting to be recorded bounded."""
+        return (
+            self._calling + self._claiming < self._capacity + self._pace.ahead
+            and self._busy < 2 * self._capacity
+        )
+
     def _acquire(self) -> bool:
         with self._lock:
-            self._slot_freed.wait_for(
-                lambda: (
-                    self._closing
-                    or (
-                        self._calling + self._claiming < self._capacity + self._pace.ahead
-                        and self._busy < 2 * self._capacity
-                    )
-                )
-            )
+            self._slot_freed.wait_for(lambda: self._closing or self._has_room())
             if self._closing:
                 return False
             self._claiming += 1

@@ -216,6 +216,11 @@ def install_runtime(runtime: WorkerRuntime) -> None:
     _current = runtime
 
 
+def installed() -> WorkerRuntime | None:
+    """The installed runtime, or None in a process that runs no worker."""
+    return _current
+
+
 def current_runtime() -> WorkerRuntime:
     """The installed runtime; tasks fail loudly if the worker was started without one."""
     if _current is None:

@@ -12,11 +12,12 @@ import redis
 from sqlalchemy import Engine, text
 
 from api_contracts.jobs import JobSubmitRequest
+from api_contracts.messages import RUN_JOB_TASK
 from tests.conftest import ApiServer, WorkerProcess, count_rows, wait_for
 from tests.integration.test_pipeline import poll_terminal
 from tests.integration.test_reliability import submit
 from tests.outages import stoppable_postgres
-from worker.celery_app import broker_key_prefix, restore_sweep_s
+from worker.celery_app import broker_key_prefix, create_celery_app, restore_sweep_s
 from worker.db import make_engine
 from worker.producer import JobProducer
 from worker.settings import Settings
@@ -73,6 +74,38 @@ def test_a_full_worker_takes_no_more_jobs_than_its_concurrency(
     arrivals = _arrivals(sim)
     # The last three were called only as the first three were answered.
     assert arrivals[3] - arrivals[0] >= 1.4
+
+
+def _pool_runs(settings: Settings) -> int:
+    """How many job tasks the deployment's workers ran on Celery's pool (`celery inspect
+    stats`: the tasks each worker's pool took, by name)."""
+    app = create_celery_app(settings)
+    try:
+        replies = app.control.inspect(timeout=2.0).stats() or {}
+    finally:
+        app.close()
+    assert replies, "no worker answered `inspect stats`"
+    return sum(int(stats.get("total", {}).get(RUN_JOB_TASK, 0)) for stats in replies.values())
+
+
+def test_jobs_the_loop_has_room_for_skip_celerys_pool_and_the_rest_wait_in_it(
+    deployment: Callable[..., Settings],
+    start_worker: Callable[..., WorkerProcess],
+    start_api: Callable[[Settings], ApiServer],
+    sim: SimulatorServer,
+) -> None:
+    # Room for two calls: the first two jobs go from the consumer to the call loop; the third
+    # arrives while both are in flight and waits on a pool thread for a slot.
+    settings = deployment(claim_threads=1)
+    start_worker(settings, concurrency=2, queues="jobs")
+    api = start_api(settings)
+    job_ids = _submit_slow_jobs(api, sim, 3, delay_ms=1500)
+
+    for job_id in job_ids:
+        assert poll_terminal(api, job_id, timeout_s=30)["status"] == "succeeded"
+    arrivals = _arrivals(sim)
+    assert arrivals[2] - arrivals[0] >= 1.4  # the third was called once a slot freed
+    assert _pool_runs(settings) == 1
 
 
 def test_a_full_worker_turning_calls_over_fast_never_has_more_in_flight_than_its_concurrency(

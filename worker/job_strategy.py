@@ -1,0 +1,92 @@
+"""A job message goes from Celery's consumer straight to the call loop while the loop has room.
+
+Celery hands every message to a pool thread, which runs the task. The job task only hands
+its job to the call loop (`run_job`), so the pool thread is a hop: a thread to wake, a
+request object and Celery's task tracer for every job, and under load a thread that queues for
+the GIL. At the start of a burst, 200 jobs waited on that hop and on each other before their
+calls began (docs/performance.md). Here, when the loop has room for the job now, the
+consumer's thread hands it over itself (`CallLoop.try_take`) and acknowledges the message as
+the task would have. Only a job the loop has no room for takes Celery's path, where a pool
+thread waits for a slot as before; so does any message this path does not know what to do with
+(an ETA, an expiry, a revoked id, keyword arguments, a body that does not validate), so Celery
+deals with it exactly as it always has.
+
+The acknowledgement is held until the claim has run, as `run_job` holds it
+(`broker_batches.hold_ack`): the message may be its job's only copy. A job handed over this way
+is not a Celery task execution: no `task_received` or `task_prerun` signal, and it is not in
+`celery inspect` counts. gmiq's own view of it is the call loop's, as for every job taken.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from celery.worker.strategy import default
+from pydantic import ValidationError
+
+from api_contracts.messages import JobMessage
+from worker import runtime
+from worker.broker_batches import hold_ack, release_ack
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[..., Any]
+
+
+def job_of(headers: dict[str, Any], body: Any) -> JobMessage | None:
+    """The job a task message carries, if this path may hand it over: a protocol 2 message
+    with one positional argument that validates, no keyword arguments, no ETA or expiry, and a
+    string task id; None for anything else (Celery's path then handles it)."""
+    if not isinstance(headers.get("id"), str) or headers.get("eta") or headers.get("expires"):
+        return None
+    if not isinstance(body, list | tuple) or len(body) != 3:
+        return None
+    args, kwargs, _ = body
+    if kwargs or not isinstance(args, list | tuple) or len(args) != 1:
+        return None
+    try:
+        return JobMessage.model_validate(args[0])
+    except ValidationError:
+        return None
+
+
+def job_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Handler:
+    """Celery's strategy for the job task (its `Strategy`): the consumer calls the handler it
+    returns for each message of the task."""
+    celery_path = default(task, app, consumer, **kwargs)
+    revoked = consumer.controller.state.revoked
+    connection_errors = consumer.connection_errors
+
+    def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> Any:
+        installed = runtime.installed()
+        headers = message.headers or {}
+        job = None
+        if installed is not None and not callbacks and headers.get("id") not in revoked:
+            job = job_of(headers, _decoded(message))
+        if installed is None or job is None:
+            return celery_path(message, body, ack, reject, callbacks, **kw)
+        task_id: str = headers["id"]
+        hold_ack(task_id)
+        try:
+            taken = installed.calls.try_take(job, settled=partial(release_ack, task_id))
+        except Exception:
+            release_ack(task_id)
+            raise
+        if not taken:
+            release_ack(task_id)
+            return celery_path(message, body, ack, reject, callbacks, **kw)
+        message.ack_log_error(log, connection_errors)
+        return None
+
+    return handle
+
+
+def _decoded(message: Any) -> Any:
+    """The message's body, or None if it cannot be read (Celery's path then reports it)."""
+    try:
+        return message.decode()
+    except Exception:
+        return None
