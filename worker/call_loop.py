@@ -85,6 +85,20 @@ class _Taken:
     settled: Callable[[], None]
 
 
+@dataclass(frozen=True)
+class Offered:
+    """A job offered from Celery's consumer (`job_strategy`), with what its message needs:
+    `hold` before its claim is queued (the acknowledgement's write then waits for `settled`,
+    called once the claim has run), and `accept` once the job is handed over (acknowledges the
+    message). An offer still waiting when the process stops is never accepted: its message
+    stays unacknowledged, and Redis gets it back (kombu restores it as the consumer closes)."""
+
+    message: JobMessage
+    hold: Callable[[], None]
+    settled: Callable[[], None]
+    accept: Callable[[], None]
+
+
 class CallLoop:
     """At most `capacity` upstream calls in flight in this process, all waiting on one event
     loop. A call's slot is free again as soon as its answer is in: recording it (a batch
@@ -113,6 +127,10 @@ class CallLoop:
         self._pace = ClaimPace(capacity // 4)
         # Claimed jobs waiting for a slot, first come first served (on the loop's thread).
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        # Jobs offered while the process had no room, first come first served, and whether
+        # the loop is already due to take the ones there is room for.
+        self._offers: deque[Offered] = deque()
+        self._admitting = False
         self._closing = False
         # Set as the claims stop: a job claimed ahead no longer starts its call (the process
         # is about to hand its jobs back).
@@ -165,16 +183,52 @@ class CallLoop:
         self._hand_over(message, settled)
         return "taken"
 
-    def try_take(self, message: JobMessage, settled: Callable[[], None] = lambda: None) -> bool:
-        """`take` if the process has room now, without waiting: False if it has none, or is
-        stopping (nothing was taken; the caller takes the waiting path)."""
+    def offer(self, offered: Offered) -> bool:
+        """Take the job now if the process has room, else keep it, first come first served,
+        until a slot frees; never waits. False if the process is stopping (nothing was kept:
+        the caller gives the message back)."""
         with self._lock:
-            if self._closing or not self._has_room():
+            if self._closing:
                 return False
+            if self._offers or not self._has_room():
+                self._offers.append(offered)
+                return True
             self._claiming += 1
             self._busy += 1
-        self._hand_over(message, settled)
+        self._start(offered)
         return True
+
+    def _start(self, offered: Offered) -> None:
+        """(Room acquired.) Hand an offered job over and acknowledge its message."""
+        offered.hold()
+        self._hand_over(offered.message, offered.settled)
+        offered.accept()
+
+    def _admit_offers(self) -> None:
+        """(On the loop.) Take the jobs offered for as long as there is room."""
+        with self._lock:
+            self._admitting = False
+            admitted: list[Offered] = []
+            while self._offers and not self._closing and self._has_room():
+                admitted.append(self._offers.popleft())
+                self._claiming += 1
+                self._busy += 1
+        for offered in admitted:
+            self._start(offered)
+
+    def _room_freed(self, count: int = 1) -> None:
+        """(Holding the lock.) Room for `count` more jobs: the offers kept are taken first,
+        on the loop; takers waiting are woken too (whoever comes first takes it)."""
+        if self._offers and not self._admitting:
+            self._admitting = True
+            if threading.get_ident() == self._thread.ident:
+                self._loop.call_soon(self._admit_offers)
+            else:
+                try:
+                    self._loop.call_soon_threadsafe(self._admit_offers)
+                except RuntimeError:  # the loop is closed: nothing more is taken
+                    self._admitting = False
+        self._slot_freed.notify(count)
 
     def _hand_over(self, message: JobMessage, settled: Callable[[], None]) -> None:
         """(A slot's room acquired.) Queue the claim and start the job's task on the loop."""
@@ -194,6 +248,9 @@ class CallLoop:
         """Refuse new jobs from now on; takers waiting for a slot give their messages back."""
         with self._lock:
             self._closing = True
+            # Never accepted, so their messages are still unacknowledged: kombu restores them
+            # as the consumer closes (or the visibility sweep does, if the process dies first).
+            self._offers.clear()
             self._slot_freed.notify_all()
 
     def stop_claiming(self, wait_s: float) -> None:
@@ -274,7 +331,7 @@ class CallLoop:
             self._calling -= 1
         # Every taker waits for the same thing: if the one woken cannot go, none could. A
         # pace that rose lets as many more in.
-        self._slot_freed.notify(1 + rose)
+        self._room_freed(1 + rose)
 
     def _abandon(self, claim: Future[StartedJob | None]) -> None:
         """A claim whose job will never be called: no lease renewal, so the reaper takes the
@@ -330,7 +387,7 @@ class CallLoop:
             else:
                 if phase == "claiming":
                     self._claiming -= 1
-                self._slot_freed.notify()
+                self._room_freed()
             if self._busy == 0:
                 self._emptied.notify_all()
 
@@ -426,7 +483,7 @@ class CallLoop:
             if not outage:  # a claim that waited out an outage says nothing of their pace
                 with self._lock:
                     if rose := self._pace.claimed(taken.at):
-                        self._slot_freed.notify(rose)
+                        self._room_freed(rose)
             return job
 
     async def _call(self, job: StartedJob) -> Callable[[], Awaitable[str]]:

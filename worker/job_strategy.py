@@ -4,12 +4,15 @@ Celery hands every message to a pool thread, which runs the task. The job task o
 its job to the call loop (`run_job`), so the pool thread is a hop: a thread to wake, a
 request object and Celery's task tracer for every job, and under load a thread that queues for
 the GIL. At the start of a burst, 200 jobs waited on that hop and on each other before their
-calls began (docs/performance.md). Here, when the loop has room for the job now, the
-consumer's thread hands it over itself (`CallLoop.try_take`) and acknowledges the message as
-the task would have. Only a job the loop has no room for takes Celery's path, where a pool
-thread waits for a slot as before; so does any message this path does not know what to do with
-(an ETA, an expiry, a revoked id, keyword arguments, a body that does not validate), so Celery
-deals with it exactly as it always has.
+calls began (docs/performance.md). Here the consumer's thread offers the job to the call loop
+itself (`CallLoop.offer`): taken at once if the loop has room, else kept in the loop, first
+come first served, and taken on the loop's own thread as soon as a slot frees, with no thread
+to wake. The message is acknowledged when its job is taken, as the task would have done; until
+then it is unacknowledged and counts against the worker's prefetch, as a message waiting in
+Celery's pool did, so a full worker stops reading. A message this path does not know what to
+do with (an ETA, an expiry, a revoked id, keyword arguments, a body that does not validate)
+takes Celery's own path, as does every message once the worker is stopping, so Celery deals
+with it exactly as it always has.
 
 The acknowledgement is held until the claim has run, as `run_job` holds it
 (`broker_batches.hold_ack`): the message may be its job's only copy. A job handed over this way
@@ -30,6 +33,7 @@ from pydantic import ValidationError
 from api_contracts.messages import JobMessage
 from worker import runtime
 from worker.broker_batches import hold_ack, release_ack
+from worker.call_loop import Offered
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +73,16 @@ def job_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Handler:
         if installed is None or job is None:
             return celery_path(message, body, ack, reject, callbacks, **kw)
         task_id: str = headers["id"]
-        hold_ack(task_id)
-        try:
-            taken = installed.calls.try_take(job, settled=partial(release_ack, task_id))
-        except Exception:
-            release_ack(task_id)
-            raise
-        if not taken:
-            release_ack(task_id)
+        offered = Offered(
+            job,
+            hold=partial(hold_ack, task_id),
+            settled=partial(release_ack, task_id),
+            # Celery's own acknowledgement: run on the consumer's thread, which it wakes, so a
+            # worker whose prefetch was full reads again (an ack from another thread did not).
+            accept=partial(ack, log, connection_errors),
+        )
+        if not installed.calls.offer(offered):  # stopping: Celery's path gives it back
             return celery_path(message, body, ack, reject, callbacks, **kw)
-        message.ack_log_error(log, connection_errors)
         return None
 
     return handle
