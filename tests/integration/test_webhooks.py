@@ -275,6 +275,34 @@ def test_a_jobs_only_worker_leaves_deliveries_to_a_webhooks_worker(
     assert len(receiver.accepted("/split")) == 1
 
 
+def test_a_worker_whose_calls_are_all_busy_still_delivers(
+    deployment: Callable[..., Settings],
+    start_worker: Callable[..., WorkerProcess],
+    start_api: Callable[[Settings], ApiServer],
+    sim: SimulatorServer,
+    receiver: Receiver,
+    engine: Engine,
+) -> None:
+    # One call slot and two Celery threads (one claim thread, one delivery). The jobs waiting
+    # for the slot wait in the call loop, not on the threads, so the delivery gets its thread
+    # while the slot is still busy.
+    settings = webhook_settings(deployment, claim_threads=1, webhook_concurrency=1)
+    start_worker(settings, concurrency=1)
+    api = start_api(settings)
+    sim.script([{"status": 200, "delay_ms": 8000}])
+    busy = api.client.post("/v1/jobs", json={"kind": "chat", "request": CHAT}).json()["id"]
+    wait_for(lambda: sim.requests(), 20, "the busy job's call")
+    for _ in range(4):  # as many as the worker's threads, and more
+        api.client.post("/v1/jobs", json={"kind": "chat", "request": CHAT})
+    receiver.secrets["/while-busy"] = [OLD_SECRET]
+    hooked = submit(api, receiver.url("/while-busy"))
+    assert api.client.post(f"/v1/jobs/{hooked}/cancel").json()["status"] == "cancelled"
+
+    wait_event(engine, hooked, "delivered", timeout_s=5)
+    assert len(receiver.accepted("/while-busy")) == 1
+    assert api.client.get(f"/v1/jobs/{busy}").json()["status"] == "running"
+
+
 def test_a_worker_with_no_free_delivery_slot_defers_the_attempt_unmade(
     deployment: Callable[..., Settings],
     start_api: Callable[[Settings], ApiServer],
