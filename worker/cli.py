@@ -101,10 +101,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     runtime.calls.start()
     runtime.warm(min(settings.db_pool_size, concurrency))
     queues = _consumed_queues(args.queues)
-    # Takers block while the call loop is full and webhook deliveries hold a thread for their
-    # POST (up to their own limit, past which they defer), so a worker reading both gets
-    # threads for both; Celery's pool is shared, though, so a full loop can still take them
-    # all (docs/webhooks.md: run deliveries on their own workers).
+    # Webhook deliveries hold a thread for their POST (up to their own limit, past which they
+    # defer). Plain job messages wait in the call loop, not on a thread (`job_strategy`), so
+    # a full loop leaves the deliveries their threads; the claim threads run the job task for
+    # the messages that take Celery's own path, and size the prefetch.
     threads = min(settings.claim_threads, concurrency)
     if WEBHOOK_QUEUE in queues:
         threads += settings.webhook_concurrency

@@ -49,10 +49,10 @@ class Settings(BaseSettings):
     # Upstream calls in flight per worker process, all waiting on its event loop. Answers
     # waiting to be recorded do not hold a slot (up to as many again may wait).
     worker_concurrency: int = 200
-    # Celery threads per worker process that take job messages: each waits for a free slot and
-    # hands the job to the call loop, which claims it (the claims waiting together in one
-    # statement). With the taker waiting on the claim too, 8 refilled too slowly to keep 200 in
-    # flight and 16 bounded a process at 1,000 (docs/performance.md).
+    # Celery threads per worker process for the job task. Plain job messages do not use them
+    # (the consumer offers them straight to the call loop, `job_strategy`); the task runs
+    # for the messages that take Celery's own path (an ETA, an expiry), each waiting for a
+    # slot. With the prefetch multiplier they set how many messages a worker holds.
     claim_threads: int = 16
     # Messages a worker takes from Redis per round trip, and acknowledgements it writes per round
     # trip, at most (never past its prefetch): Celery's one consumer thread doing both one by
