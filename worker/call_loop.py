@@ -198,6 +198,14 @@ class CallLoop:
         self._start(offered)
         return True
 
+    def drop_offers(self) -> int:
+        """Forget the offers still waiting (the consumer that delivered them is stopping, and
+        kombu puts their messages back as its channel closes); returns how many."""
+        with self._lock:
+            dropped = len(self._offers)
+            self._offers.clear()
+            return dropped
+
     def _start(self, offered: Offered) -> None:
         """(Room acquired.) Hand an offered job over and acknowledge its message."""
         offered.hold()
@@ -214,7 +222,13 @@ class CallLoop:
                 self._claiming += 1
                 self._busy += 1
         for offered in admitted:
-            self._start(offered)
+            # One offer that fails must not strand the rest (their room would never return).
+            # A hand-over that fails gives its room back itself; the message stays
+            # unacknowledged, so Redis delivers it again.
+            try:
+                self._start(offered)
+            except Exception:
+                log.exception("job %s: offer not taken", offered.message.job_id)
 
     def _room_freed(self, count: int = 1) -> None:
         """(Holding the lock.) Room for `count` more jobs: the offers kept are taken first,

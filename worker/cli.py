@@ -90,11 +90,13 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     from worker import heap
     from worker.celery_app import create_celery_app
+    from worker.job_strategy import DropOffers
     from worker.runtime import build_runtime, install_runtime
     from worker.webhooks import WEBHOOK_QUEUE
 
     _require_services(settings)
     app = create_celery_app(settings, consumer=True)
+    app.steps["consumer"].add(DropOffers)
     concurrency = args.concurrency or settings.worker_concurrency
     runtime = build_runtime(settings, app, concurrency)
     install_runtime(runtime)

@@ -10,9 +10,11 @@ come first served, and taken on the loop's own thread as soon as a slot frees, w
 to wake. The message is acknowledged when its job is taken, as the task would have done; until
 then it is unacknowledged and counts against the worker's prefetch, as a message waiting in
 Celery's pool did, so a full worker stops reading. A message this path does not know what to
-do with (an ETA, an expiry, a revoked id, keyword arguments, a body that does not validate)
-takes Celery's own path, as does every message once the worker is stopping, so Celery deals
-with it exactly as it always has.
+do with (an ETA, an expiry, a revoked id, keyword arguments, linked callbacks, a body that
+does not validate) takes Celery's own path, as does every message once the worker is
+stopping, so Celery deals with it exactly as it always has. Offers still waiting when the
+consumer stops (to reconnect, or for good) are dropped unacknowledged (`DropOffers`): kombu
+puts their messages back as the channel closes.
 
 The acknowledgement is held until the claim has run, as `run_job` holds it
 (`broker_batches.hold_ack`): the message may be its job's only copy. A job handed over this way
@@ -27,6 +29,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from celery import bootsteps
 from celery.worker.strategy import default
 from pydantic import ValidationError
 
@@ -48,13 +51,37 @@ def job_of(headers: dict[str, Any], body: Any) -> JobMessage | None:
         return None
     if not isinstance(body, list | tuple) or len(body) != 3:
         return None
-    args, kwargs, _ = body
+    args, kwargs, embed = body
     if kwargs or not isinstance(args, list | tuple) or len(args) != 1:
+        return None
+    # Callbacks, errbacks, a chain or a chord: Celery's path runs them; this one would not.
+    if not isinstance(embed, dict) or any(embed.values()):
         return None
     try:
         return JobMessage.model_validate(args[0])
     except ValidationError:
         return None
+
+
+class DropOffers(bootsteps.StartStopStep):
+    """A consumer step: as the consumer stops (to reconnect, or for good), the offers still
+    waiting in the call loop are dropped. Their channel is closing and kombu puts their
+    messages back on their queues, so taking them too would run each job twice (a no-op
+    claim the second time, but a wasted one); the next channel delivers them again."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def stop(self, parent: Any) -> None:
+        _drop_offers()
+
+    def shutdown(self, parent: Any) -> None:
+        _drop_offers()
+
+
+def _drop_offers() -> None:
+    installed = runtime.installed()
+    if installed is not None and (dropped := installed.calls.drop_offers()):
+        log.info("consumer stopping: %d offered jobs left to be delivered again", dropped)
 
 
 def job_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Handler:

@@ -99,7 +99,9 @@ class WorkerRuntime:
         if self.grace_ends is not None:  # a second SIGTERM changes nothing
             return
         self.grace_ends = time.monotonic() + self.settings.shutdown_grace_s
-        self.calls.stop_taking()
+        # Not here: this runs in Celery's signal handler, on the consumer's thread, which may
+        # be inside `CallLoop.offer` holding the loop's lock.
+        threading.Thread(target=self.calls.stop_taking, name="gmiq-stop-taking").start()
 
         def after_grace() -> None:
             if self.stop.wait(self.settings.shutdown_grace_s):
@@ -119,6 +121,8 @@ class WorkerRuntime:
         the loops, hand back anything still running and close the clients."""
         with self.stopping:
             self.celery_stopped.set()
+        # Celery may have stopped without a signal (a remote shutdown, a consumer that gave up).
+        self.calls.stop_taking()
         grace_ends = self.grace_ends or time.monotonic() + self.settings.shutdown_grace_s
         if not self.calls.drain(max(0.0, grace_ends - time.monotonic())):
             log.warning("shutdown grace over with %d calls in flight", self.calls.in_flight())

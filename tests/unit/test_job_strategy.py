@@ -39,6 +39,16 @@ def test_messages_with_celery_options_take_celerys_path(headers: dict[str, Any],
     assert job_of(headers, body) is None, why
 
 
+def test_a_message_with_linked_tasks_takes_celerys_path() -> None:
+    headers, body = _message()
+    job = body[0][0]
+    unlinked = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    assert job_of(headers, [[job], {}, unlinked]) is not None  # as gmiq's producers send it
+    callback = {"task": "notify", "args": [], "kwargs": {}, "options": {}}
+    assert job_of(headers, [[job], {}, {**unlinked, "callbacks": [callback]}]) is None
+    assert job_of(headers, [[job], {}, {**unlinked, "chain": [callback]}]) is None
+
+
 def test_bodies_this_path_cannot_read_take_celerys_path() -> None:
     headers, body = _message()
     job = body[0][0]
