@@ -259,7 +259,8 @@ class CallLoop:
             raise
 
     def stop_taking(self) -> None:
-        """Refuse new jobs from now on; takers waiting for a slot give their messages back."""
+        """Refuse new jobs from now on: the offers waiting are dropped (their messages were
+        never acknowledged), and takers waiting for a slot give their messages back."""
         with self._lock:
             self._closing = True
             # Never accepted, so their messages are still unacknowledged: kombu restores them

@@ -1,4 +1,4 @@
-"""A job message goes from Celery's consumer straight to the call loop while the loop has room.
+"""A job message goes from Celery's consumer straight to the call loop, not through its pool.
 
 Celery hands every message to a pool thread, which runs the task. The job task only hands
 its job to the call loop (`run_job`), so the pool thread is a hop: a thread to wake, a
